@@ -1,0 +1,33 @@
+"""The pruning flags shared by every entry point (CLI, run_llava, eval scripts, visualiser)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from holov_patches.config import MODES, PruningConfig
+
+
+def add_pruning_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("visual-token pruning (HoloV-LLaVA)")
+    group.add_argument("--holov-tokens", "--holov_tokens", dest="holov_tokens", type=int, default=None,
+                       help="visual tokens kept per image (K), e.g. 64/128/192 of 576")
+    group.add_argument("--prune-ratio", "--prune_ratio", dest="prune_ratio", type=float, default=None,
+                       help="fraction of visual tokens pruned, in (0, 1); 0.889 keeps 64 of 576")
+    group.add_argument("--holov-crops", "--holov_crops", dest="holov_crops", type=int, default=None,
+                       help="HoloV crops P (default: max(1, floor(1024/576 * N / K)))")
+    group.add_argument("--holov-mode", "--holov_mode", dest="holov_mode", choices=MODES, default=None,
+                       help="HoloV mode: faithful (authors' code, default) or improved")
+    group.add_argument("--holov-alpha", "--holov_alpha", dest="holov_alpha", type=float, default=None,
+                       help="HoloV diversity weight (default 0.09)")
+    group.add_argument("--prune-method", "--prune_method", dest="prune_method", default=None,
+                       help="pruning method from the registry (holov, ...; 'none' turns pruning off)")
+    return parser
+
+
+def pruning_config_from_args(args: argparse.Namespace) -> Optional[PruningConfig]:
+    """``None`` when no pruning flag was given, so the environment or saved config applies."""
+    return PruningConfig.from_flags(
+        tokens=getattr(args, "holov_tokens", None), ratio=getattr(args, "prune_ratio", None),
+        crops=getattr(args, "holov_crops", None), mode=getattr(args, "holov_mode", None),
+        method=getattr(args, "prune_method", None), alpha=getattr(args, "holov_alpha", None),
+    )

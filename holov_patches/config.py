@@ -1,0 +1,177 @@
+"""``PruningConfig``: the one object that carries a pruning setting from a CLI flag,
+a script variable, an environment variable or a saved ``config.json`` down to the
+pruner. Bad values raise ``ValueError`` naming the value and what is accepted."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional
+
+MODES = ("faithful", "improved")
+OFF_METHODS = ("none", "off")
+ENV_VAR = "HOLOV_PRUNING"
+DEFAULT_KEEP = 64  # the paper's headline budget (88.9% of 576 pruned)
+
+
+def default_num_crops(num_tokens: int, keep: int) -> int:
+    """P = max(1, floor((1024 / 576) * N / K)): the authors' Qwen2.5-VL formula, 16 for N=576, K=64."""
+    return max(1, math.floor((1024 / 576) * num_tokens / keep))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass
+class PruningConfig:
+    method: str = field(default="holov", metadata={"help": "registered pruning method (see holov_patches.list_pruners())"})
+    keep: Optional[int] = field(default=None, metadata={"help": "visual tokens kept per image (K); exclusive with ratio"})
+    ratio: Optional[float] = field(default=None, metadata={"help": "fraction of visual tokens pruned, in (0, 1): 0.889 keeps 64 of 576"})
+    num_crops: Optional[int] = field(default=None, metadata={"help": "HoloV crops P; default max(1, floor(1024/576 * N / K))"})
+    mode: str = field(default="faithful", metadata={"help": "HoloV mode: 'faithful' (authors' code) or 'improved'"})
+    alpha: float = field(default=0.09, metadata={"help": "HoloV weight of the similarity-variance (diversity) term"})
+    options: Dict[str, Any] = field(default_factory=dict, metadata={"help": "method-specific options passed to the pruner"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"method={self.method!r} must be a non-empty string")
+        self.method = self.method.lower()
+        if not self.is_off:
+            from holov_patches.registry import get_entry
+
+            get_entry(self.method)  # raises with the list of known methods
+        if self.keep is not None and self.ratio is not None:
+            raise ValueError(f"give keep ({self.keep}) or ratio ({self.ratio}), not both")
+        if self.keep is None and self.ratio is None:
+            self.keep = DEFAULT_KEEP
+        if self.keep is not None and (not _is_int(self.keep) or self.keep < 1):
+            raise ValueError(f"keep={self.keep!r} must be an integer >= 1")
+        if self.ratio is not None:
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < 1.0:
+                raise ValueError(f"ratio={self.ratio!r} must be a float in the open interval (0, 1)")
+            self.ratio = float(self.ratio)
+        if self.num_crops is not None and (not _is_int(self.num_crops) or self.num_crops < 1):
+            raise ValueError(f"num_crops={self.num_crops!r} must be an integer >= 1 (or None for the default formula)")
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0")
+        self.alpha = float(self.alpha)
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options={self.options!r} must be a dict")
+
+    # ---- derived values -------------------------------------------------
+    @property
+    def is_off(self) -> bool:
+        return self.method in OFF_METHODS
+
+    @property
+    def stage(self) -> str:
+        from holov_patches.registry import get_entry
+
+        return get_entry(self.method).stage
+
+    def resolve_keep(self, num_tokens: int) -> int:
+        """K for an image of ``num_tokens`` visual tokens (a ratio is rounded to the nearest token)."""
+        if not _is_int(num_tokens) or num_tokens < 1:
+            raise ValueError(f"num_tokens={num_tokens!r} must be an integer >= 1")
+        if self.keep is not None:
+            return self.keep
+        return max(1, round(num_tokens * (1.0 - self.ratio)))
+
+    def resolve_num_crops(self, num_tokens: int) -> int:
+        return self.num_crops if self.num_crops is not None else default_num_crops(num_tokens, self.resolve_keep(num_tokens))
+
+    def pruner_kwargs(self) -> Dict[str, Any]:
+        """Keyword options the registered pruner receives besides tokens, cls_attn, keep and grid."""
+        kwargs = dict(self.options)
+        if self.method == "holov":
+            kwargs.update(num_crops=self.num_crops, mode=self.mode, alpha=self.alpha)
+        return kwargs
+
+    def describe(self) -> str:
+        if self.is_off:
+            return "pruning off"
+        budget = f"keep={self.keep}" if self.keep is not None else f"ratio={self.ratio}"
+        extra = f", mode={self.mode}, num_crops={self.num_crops or 'auto'}, alpha={self.alpha}" if self.method == "holov" else ""
+        opts = f", options={self.options}" if self.options else ""
+        return f"{self.method}({budget}{extra}{opts})"
+
+    # ---- construction ---------------------------------------------------
+    @classmethod
+    def from_ratio(cls, ratio: float, num_tokens: int = 576, **kwargs) -> "PruningConfig":
+        """A config keeping round(num_tokens * (1 - ratio)) tokens: 0.667/0.778/0.889 give 192/128/64 of 576."""
+        probe = cls(ratio=ratio, **kwargs)
+        return cls(keep=probe.resolve_keep(num_tokens), **kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PruningConfig":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a pruning config must be a mapping, got {type(data).__name__}: {data!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown pruning config keys {unknown}; known keys: {sorted(known)}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_string(cls, text: str) -> "PruningConfig":
+        """Parse JSON (``{"keep": 64}``) or ``key=value,...`` (``method=holov,keep=64,mode=improved``)."""
+        text = text.strip()
+        if text.startswith("{"):
+            return cls.from_dict(json.loads(text))
+        data: Dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise ValueError(f"cannot parse {part!r} in pruning setting {text!r}: expected key=value")
+            key, value = (s.strip() for s in part.split("=", 1))
+            data[key] = _parse_scalar(value)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_flags(cls, tokens=None, ratio=None, crops=None, mode=None, method=None, alpha=None,
+                   options: Optional[Mapping[str, Any]] = None) -> Optional["PruningConfig"]:
+        """Build from CLI-style flags; ``None`` when no flag was given (so env / saved config apply)."""
+        given = {k: v for k, v in dict(keep=tokens, ratio=ratio, num_crops=crops, mode=mode, method=method, alpha=alpha).items() if v is not None}
+        if not given and not options:
+            return None
+        return cls(**given, options=dict(options or {}))
+
+
+def _parse_scalar(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(value.lower(), value)
+
+
+def as_pruning_config(value: Any) -> Optional[PruningConfig]:
+    """Accept a PruningConfig, a dict, a string (JSON or key=value) or None."""
+    if value is None or isinstance(value, PruningConfig):
+        return value
+    if isinstance(value, Mapping):
+        return PruningConfig.from_dict(value)
+    if isinstance(value, str):
+        return PruningConfig.from_string(value)
+    raise ValueError(f"pruning={value!r} must be a PruningConfig, a dict, a string or None")
+
+
+def resolve_pruning_config(explicit: Any = None, saved: Any = None, environ: Optional[Mapping[str, str]] = None) -> Optional[PruningConfig]:
+    """Precedence: explicit argument > environment (``HOLOV_PRUNING``) > saved config > off.
+
+    A config whose method is ``none``/``off`` switches pruning off at its level and
+    returns ``None``."""
+    environ = os.environ if environ is None else environ
+    for source in (explicit, environ.get(ENV_VAR) or None, saved):
+        cfg = as_pruning_config(source)
+        if cfg is not None:
+            return None if cfg.is_off else cfg
+    return None
