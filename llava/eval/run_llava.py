@@ -1,0 +1,83 @@
+"""One question about one or more images, answered once (LLaVA's ``run_llava``).
+
+    python -m llava.eval.run_llava --model-path PATH --image-file a.jpg[,b.jpg] --query "..." [--holov-tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import torch
+
+from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template, infer_conv_mode
+from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.utils import disable_torch_init, pick_device
+
+
+def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
+    image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if mm_use_im_start_end else DEFAULT_IMAGE_TOKEN
+    if IMAGE_PLACEHOLDER in query:
+        query = re.sub(re.escape(IMAGE_PLACEHOLDER), image_token, query)
+    elif DEFAULT_IMAGE_TOKEN not in query:
+        query = image_token + "\n" + query
+    conv = get_conv_template(conv_mode)
+    conv.append_message(conv.roles[0], query)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def eval_model(args: argparse.Namespace) -> str:
+    disable_torch_init()
+    model_name = get_model_name_from_path(args.model_path)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=pick_device(args.device), pruning=pruning_config_from_args(args))
+    conv_mode = args.conv_mode or infer_conv_mode(model_name)
+    prompt = build_prompt(args.query, conv_mode, getattr(model.config, "mm_use_im_start_end", False))
+    images = [load_image(f) for f in args.image_file.split(args.sep)]
+    image_tensor = process_images(images, image_processor, model.config)
+    image_tensor = image_tensor.to(model.device, dtype=model.dtype) if isinstance(image_tensor, torch.Tensor) else \
+        [t.to(model.device, dtype=model.dtype) for t in image_tensor]
+    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(model.device)
+    gen = dict(images=image_tensor, image_sizes=[img.size for img in images], do_sample=args.temperature > 0,
+               num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True,
+               pad_token_id=tokenizer.pad_token_id)
+    if args.temperature > 0:
+        gen.update(temperature=args.temperature, top_p=args.top_p)
+    output_ids = model.generate(input_ids, **gen)
+    answer = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+    print(answer)
+    return answer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    p.add_argument("--model-base", type=str, default=None)
+    p.add_argument("--image-file", type=str, required=True)
+    p.add_argument("--query", type=str, required=True)
+    p.add_argument("--conv-mode", type=str, default=None)
+    p.add_argument("--sep", type=str, default=",")
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    return add_pruning_args(p)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        eval_model(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

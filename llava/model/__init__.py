@@ -1,0 +1,1 @@
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM  # noqa: F401

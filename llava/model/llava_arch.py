@@ -1,0 +1,305 @@
+"""LLaVA's multimodal glue: encode images, (optionally) prune the visual tokens through
+the holov_patches registry, and splice them into the text embeddings.
+
+``prepare_inputs_labels_for_multimodal`` keeps the original return contract:
+``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from holov_patches import PruningConfig, prune_visual_tokens, resolve_pruning_config
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.mm_utils import get_anyres_image_grid_shape
+from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_projector.builder import build_vision_projector
+
+_UNSET = object()
+
+
+@dataclass
+class PruningRecord:
+    """What the last forward kept, per image, for visualisation and tests."""
+    kept_index: List[torch.Tensor]  # per image: [K] positions in that image's token list (-1 = zero pad)
+    num_tokens: List[int]  # per image: visual tokens before pruning
+    grids: List[Optional[Tuple[int, int]]]  # per image: (rows, cols) of the pruned token map, if 2-D
+
+
+class LlavaMetaModel:
+    def __init__(self, config):
+        super().__init__(config)
+        if hasattr(config, "mm_vision_tower"):
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+                self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
+
+    def get_vision_tower(self):
+        vision_tower = getattr(self, "vision_tower", None)
+        if isinstance(vision_tower, list):
+            vision_tower = vision_tower[0]
+        return vision_tower
+
+    def initialize_vision_modules(self, model_args, fsdp=None) -> None:
+        """Attach (or load) the tower and the projector for training, as LLaVA's train.py expects."""
+        self.config.mm_vision_tower = model_args.vision_tower
+        if self.get_vision_tower() is None:
+            vision_tower = build_vision_tower(model_args)
+            self.vision_tower = [vision_tower] if fsdp else vision_tower
+        else:
+            vision_tower = self.get_vision_tower()
+            vision_tower.load_model()
+        self.config.use_mm_proj = True
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_hidden_size = vision_tower.hidden_size
+        self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
+        self.config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
+        self.config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(self.config)
+            if "unpad" in self.config.mm_patch_merge_type:
+                std = self.config.hidden_size ** -0.5
+                self.image_newline = nn.Parameter(torch.randn(self.config.hidden_size) * std)
+        else:
+            for p in self.mm_projector.parameters():  # it may have been frozen by LoRA
+                p.requires_grad = True
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter is not None:
+            weights = torch.load(adapter, map_location="cpu", weights_only=True)
+            self.mm_projector.load_state_dict({k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k})
+
+
+def unpad_image(tensor: torch.Tensor, original_size: Tuple[int, int]) -> torch.Tensor:
+    """Crop the padding that resize_and_pad_image added: tensor [C, H, W], size (width, height)."""
+    orig_w, orig_h = original_size
+    cur_h, cur_w = tensor.shape[1:]
+    if orig_w / orig_h > cur_w / cur_h:
+        new_h = int(orig_h * (cur_w / orig_w))
+        pad = (cur_h - new_h) // 2
+        return tensor[:, pad:cur_h - pad, :]
+    new_w = int(orig_w * (cur_h / orig_h))
+    pad = (cur_w - new_w) // 2
+    return tensor[:, :, pad:cur_w - pad]
+
+
+class LlavaMetaForCausalLM(ABC):
+    @abstractmethod
+    def get_model(self):
+        ...
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    # ------------------------------------------------------------ pruning setting
+    def set_pruning(self, config) -> None:
+        """Fix the pruning setting (a PruningConfig, dict, string or None for off)."""
+        self._holov_pruning = resolve_pruning_config(explicit=config, environ={}) if config is not None else None
+
+    def get_pruning(self) -> Optional[PruningConfig]:
+        """The explicit setting if one was set, else environment > saved ``holov`` block > off."""
+        current = getattr(self, "_holov_pruning", _UNSET)
+        if current is _UNSET:
+            current = resolve_pruning_config(saved=getattr(self.config, "holov", None))
+            self._holov_pruning = current
+        return current
+
+    # ------------------------------------------------------------ images
+    def encode_images(self, images: torch.Tensor, with_cls_attn: bool = False):
+        """images [B, 3, S, S] -> projected features [B, N, D] (and [CLS] attention [B, N])."""
+        tower = self.get_model().get_vision_tower()
+        images = images.to(device=tower.device, dtype=tower.dtype)  # e.g. float16 from lmms-eval
+        if with_cls_attn:
+            features, cls_attn = tower(images, with_cls_attn=True)
+            return self.get_model().mm_projector(features), cls_attn
+        return self.get_model().mm_projector(tower(images))
+
+    def _prune(self, feats: torch.Tensor, attn: torch.Tensor, cfg: PruningConfig, grid) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the registry's pruner on [M, N, D] features of M images sharing one layout."""
+        return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid)
+
+    def _image_features(self, images, image_sizes) -> List[torch.Tensor]:
+        """Per image: [n_i, D] visual tokens, pruned when a pruning setting is active."""
+        cfg = self.get_pruning()
+        if cfg is not None and cfg.stage != "pre_llm":
+            cfg = None  # in-LLM methods (FastV) act inside the language model, not here
+        tower = self.get_vision_tower()
+        side = tower.num_patches_per_side
+        want_attn = cfg is not None
+        record = PruningRecord([], [], []) if cfg is not None else None
+
+        if not (isinstance(images, list) or images.ndim == 5):
+            out = self.encode_images(images, with_cls_attn=want_attn)
+            if cfg is None:
+                self.last_pruning = None
+                return list(out)
+            feats, attn = out
+            kept, index = self._prune(feats, attn, cfg, (side, side))
+            record.kept_index.extend(index)
+            record.num_tokens.extend([feats.shape[1]] * feats.shape[0])
+            record.grids.extend([(side, side)] * feats.shape[0])
+            self.last_pruning = record
+            return list(kept)
+
+        images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
+        out = self.encode_images(torch.cat(images, dim=0), with_cls_attn=want_attn)
+        split = [x.shape[0] for x in images]
+        feats_all, attn_all = out if want_attn else (out, None)
+        per_image = list(torch.split(feats_all, split, dim=0))  # each [n_crops, N, D]
+        per_attn = list(torch.split(attn_all, split, dim=0)) if want_attn else [None] * len(per_image)
+        merge = getattr(self.config, "mm_patch_merge_type", "flat")
+        results: List[torch.Tensor] = []
+        for idx, (feat, attn) in enumerate(zip(per_image, per_attn)):
+            if merge == "flat" or feat.shape[0] == 1:
+                tokens = feat.flatten(0, 1)  # [n_crops * N, D]
+                token_attn = attn.flatten(0, 1) if attn is not None else None
+                grid = (side * feat.shape[0], side)  # crops stacked top to bottom
+                # LLaVA-NeXT appends one newline after a lone base tile
+                newline_rows = (tokens.shape[0], 0, 0) if "unpad" in merge else None
+            elif merge.startswith("spatial"):
+                if image_sizes is None:
+                    raise ValueError("anyres images need image_sizes (the original (width, height) of each image)")
+                tokens, token_attn, grid, newline_rows = self._spatial_merge(feat, attn, image_sizes[idx], merge, side)
+            else:
+                raise ValueError(f"unexpected mm_patch_merge_type {merge!r}; accepted: 'flat', 'spatial', 'spatial_unpad'")
+            if cfg is None:
+                results.append(self._with_newlines(tokens, newline_rows))
+                continue
+            kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
+            record.kept_index.append(index[0])
+            record.num_tokens.append(tokens.shape[0])
+            record.grids.append(grid)
+            results.append(kept[0])
+        self.last_pruning = record
+        return results
+
+    def _spatial_merge(self, feat, attn, image_size, merge: str, side: int):
+        """Anyres: base tile tokens, then the high-res tiles laid out as one 2-D map
+        (unpadded for 'spatial_unpad'); returns tokens without newlines, their attention,
+        the layout, and the row length after which 'spatial_unpad' inserts image_newline."""
+        base, hi = feat[0], feat[1:]
+        base_attn = attn[0] if attn is not None else None
+        cols, rows = get_anyres_image_grid_shape(image_size, self.config.image_grid_pinpoints, self.get_vision_tower().config.image_size)
+        dim = hi.shape[-1]
+        hi = hi.view(rows, cols, side, side, dim).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)  # [D, rows*side, cols*side]
+        hi_attn = attn[1:].view(rows, cols, side, side).permute(0, 2, 1, 3).flatten(0, 1).flatten(1, 2)[None] if attn is not None else None
+        if "unpad" in merge:
+            hi = unpad_image(hi, image_size)
+            if hi_attn is not None:
+                hi_attn = unpad_image(hi_attn, image_size)
+        height, width = hi.shape[1:]
+        hi_tokens = hi.flatten(1, 2).transpose(0, 1)  # [h*w, D] raster order
+        tokens = torch.cat([base, hi_tokens], dim=0)
+        token_attn = torch.cat([base_attn, hi_attn.flatten()], dim=0) if attn is not None else None
+        newline = (side * side, height, width) if "unpad" in merge else None
+        return tokens, token_attn, None, newline
+
+    def _with_newlines(self, tokens: torch.Tensor, newline_rows) -> torch.Tensor:
+        """Insert image_newline after every row of the high-res map (LLaVA-NeXT layout)."""
+        if newline_rows is None:
+            return tokens
+        n_base, height, width = newline_rows
+        newline = self.get_model().image_newline.to(device=tokens.device, dtype=tokens.dtype)
+        if height == 0:
+            return torch.cat([tokens, newline[None]], dim=0)
+        hi = tokens[n_base:].view(height, width, -1)
+        nl = newline.view(1, 1, -1).expand(height, 1, -1)
+        return torch.cat([tokens[:n_base], torch.cat([hi, nl], dim=1).flatten(0, 1)], dim=0)
+
+    # ------------------------------------------------------------ splice
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                             images, image_sizes=None, padding_side: Optional[str] = None):
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+
+        image_features = self._image_features(images, image_sizes)
+        given_labels, given_positions, given_mask = labels, position_ids, attention_mask
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+
+        ids_per_row = [ids[m] for ids, m in zip(input_ids, mask)]
+        labels_per_row = [lab[m] for lab, m in zip(labels, mask)]
+        assignment = self._assign_images(ids_per_row, len(image_features))
+        embed = self.get_model().embed_tokens
+
+        new_embeds, new_labels = [], []
+        for row, (ids, labs) in enumerate(zip(ids_per_row, labels_per_row)):
+            image_pos = torch.where(ids == IMAGE_TOKEN_INDEX)[0].tolist()
+            bounds = [-1] + image_pos + [ids.shape[0]]
+            text_ids = [ids[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
+            text_labels = [labs[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
+            text_embeds = torch.split(embed(torch.cat(text_ids)), [t.shape[0] for t in text_ids], dim=0)
+            pieces, piece_labels = [], []
+            feats_for_row = [image_features[i] for i in assignment[row]]
+            for i, text in enumerate(text_embeds):
+                pieces.append(text)
+                piece_labels.append(text_labels[i])
+                if i < len(image_pos):
+                    feat = feats_for_row[i]
+                    pieces.append(feat.to(device=text.device, dtype=text.dtype))
+                    piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=labs.device, dtype=labs.dtype))
+            if not image_pos and feats_for_row:
+                # A dummy image for a text-only sample (LLaVA training convention): keep the
+                # projector in the graph with a zero-length slice.
+                pieces.append(feats_for_row[0][0:0].to(device=pieces[0].device, dtype=pieces[0].dtype))
+            new_embeds.append(torch.cat(pieces, dim=0))
+            new_labels.append(torch.cat(piece_labels, dim=0))
+
+        max_len = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_len is not None:
+            new_embeds = [x[:max_len] for x in new_embeds]
+            new_labels = [x[:max_len] for x in new_labels]
+        return self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask,
+                               padding_side or getattr(self.config, "tokenizer_padding_side", "right"))
+
+    @staticmethod
+    def _assign_images(ids_per_row: Sequence[torch.Tensor], num_images: int) -> List[List[int]]:
+        """Which image features go to which row, in order.
+
+        Images are matched to ``<image>`` tokens in reading order. LLaVA's training batches
+        also carry one dummy image per text-only sample; that layout is recognised too."""
+        tags = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in ids_per_row]
+        total = sum(tags)
+        with_dummies = sum(max(t, 1) for t in tags)
+        if num_images == total:
+            counts = tags
+        elif num_images == with_dummies:
+            counts = [max(t, 1) for t in tags]
+        else:
+            raise ValueError(f"the prompts hold {total} <image> tokens (per row: {tags}) but {num_images} images were given; "
+                             f"give one image per <image> token")
+        out, start = [], 0
+        for count in counts:
+            out.append(list(range(start, start + count)))
+            start += count
+        return out
+
+    def _pad_batch(self, embeds, labels, past_key_values, given_labels, given_positions, given_mask, padding_side):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r} is not one of ('left', 'right')")
+        batch, max_len = len(embeds), max(x.shape[0] for x in embeds)
+        dim, ref = embeds[0].shape[1], embeds[0]
+        out_embeds = torch.zeros((batch, max_len, dim), dtype=ref.dtype, device=ref.device)
+        out_labels = torch.full((batch, max_len), IGNORE_INDEX, dtype=labels[0].dtype, device=labels[0].device)
+        mask = torch.zeros((batch, max_len), dtype=torch.bool, device=ref.device)
+        positions = torch.zeros((batch, max_len), dtype=torch.long, device=ref.device)
+        for i, (emb, lab) in enumerate(zip(embeds, labels)):
+            n = emb.shape[0]
+            sl = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
+            out_embeds[i, sl] = emb
+            out_labels[i, sl] = lab
+            mask[i, sl] = True
+            positions[i, sl] = torch.arange(n, dtype=torch.long, device=ref.device)
+        needs_mask = given_mask is not None or any(x.shape[0] != max_len for x in embeds)
+        return (None,
+                positions if given_positions is not None else None,
+                (mask.to(given_mask.dtype) if given_mask is not None else mask) if needs_mask else None,
+                past_key_values,
+                out_embeds,
+                out_labels if given_labels is not None else None)
