@@ -99,6 +99,22 @@ class LlavaMetaForCausalLM(ABC):
     def set_pruning(self, config) -> None:
         """Fix the pruning setting (a PruningConfig, dict, string or None for off)."""
         self._holov_pruning = resolve_pruning_config(explicit=config, environ={}) if config is not None else None
+        self._sync_fastv(self._holov_pruning)
+
+    def _sync_fastv(self, config: Optional[PruningConfig]) -> None:
+        """In-LLM methods (FastV) live as hooks on this instance's decoder layers."""
+        hooks = getattr(self, "_holov_fastv", None)
+        if hooks is not None and (config is None or hooks.config is not config):
+            hooks.remove()
+            self._holov_fastv = None
+        if config is not None and config.stage == "llm" and getattr(self, "_holov_fastv", None) is None:
+            from llava.model.fastv import FastVHooks
+
+            self._holov_fastv = FastVHooks(self.get_model(), config)
+
+    def _fastv_hooks(self):
+        self.get_pruning()  # resolves env / saved settings on first use
+        return getattr(self, "_holov_fastv", None)
 
     def get_pruning(self) -> Optional[PruningConfig]:
         """The explicit setting if one was set, else environment > saved ``holov`` block > off."""
@@ -106,6 +122,7 @@ class LlavaMetaForCausalLM(ABC):
         if current is _UNSET:
             current = resolve_pruning_config(saved=getattr(self.config, "holov", None))
             self._holov_pruning = current
+            self._sync_fastv(current)
         return current
 
     # ------------------------------------------------------------ images
@@ -228,35 +245,53 @@ class LlavaMetaForCausalLM(ABC):
         assignment = self._assign_images(ids_per_row, len(image_features))
         embed = self.get_model().embed_tokens
 
-        new_embeds, new_labels = [], []
+        new_embeds, new_labels, new_visual = [], [], []
         for row, (ids, labs) in enumerate(zip(ids_per_row, labels_per_row)):
             image_pos = torch.where(ids == IMAGE_TOKEN_INDEX)[0].tolist()
             bounds = [-1] + image_pos + [ids.shape[0]]
             text_ids = [ids[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
             text_labels = [labs[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
             text_embeds = torch.split(embed(torch.cat(text_ids)), [t.shape[0] for t in text_ids], dim=0)
-            pieces, piece_labels = [], []
+            pieces, piece_labels, piece_visual = [], [], []
             feats_for_row = [image_features[i] for i in assignment[row]]
             for i, text in enumerate(text_embeds):
                 pieces.append(text)
                 piece_labels.append(text_labels[i])
+                piece_visual.append(torch.zeros(text.shape[0], dtype=torch.bool, device=labs.device))
                 if i < len(image_pos):
                     feat = feats_for_row[i]
                     pieces.append(feat.to(device=text.device, dtype=text.dtype))
                     piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=labs.device, dtype=labs.dtype))
+                    piece_visual.append(torch.ones(feat.shape[0], dtype=torch.bool, device=labs.device))
             if not image_pos and feats_for_row:
                 # A dummy image for a text-only sample (LLaVA training convention): keep the
                 # projector in the graph with a zero-length slice.
                 pieces.append(feats_for_row[0][0:0].to(device=pieces[0].device, dtype=pieces[0].dtype))
             new_embeds.append(torch.cat(pieces, dim=0))
             new_labels.append(torch.cat(piece_labels, dim=0))
+            new_visual.append(torch.cat(piece_visual, dim=0))
 
         max_len = getattr(self.config, "tokenizer_model_max_length", None)
         if max_len is not None:
             new_embeds = [x[:max_len] for x in new_embeds]
             new_labels = [x[:max_len] for x in new_labels]
-        return self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask,
-                               padding_side or getattr(self.config, "tokenizer_padding_side", "right"))
+            new_visual = [x[:max_len] for x in new_visual]
+        side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
+        out = self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask, side)
+        fastv = self._fastv_hooks()
+        if fastv is not None:
+            fastv.arm(self._pad_flags(new_visual, out[4].shape[1], side))
+        return out
+
+    @staticmethod
+    def _pad_flags(flags: List[torch.Tensor], length: int, side: str) -> torch.Tensor:
+        out = torch.zeros((len(flags), length), dtype=torch.bool, device=flags[0].device)
+        for i, f in enumerate(flags):
+            if side == "left":
+                out[i, length - f.shape[0]:] = f
+            else:
+                out[i, :f.shape[0]] = f
+        return out
 
     @staticmethod
     def _assign_images(ids_per_row: Sequence[torch.Tensor], num_images: int) -> List[List[int]]:

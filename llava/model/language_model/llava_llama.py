@@ -54,9 +54,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
                                                           labels, images, image_sizes)
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
-                               **{_CACHE_KW: cache}, **kwargs)
+        fastv = self._fastv_hooks()
+        if fastv is None or labels is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                                   **{_CACHE_KW: cache}, **kwargs)
+        # FastV shortens the sequence inside the LLM: score the kept positions' labels.
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              inputs_embeds=inputs_embeds, use_cache=use_cache, **{_CACHE_KW: cache}, **kwargs)
+        if fastv.keep_index is not None and out.logits.shape[1] != labels.shape[1]:
+            labels = labels.gather(1, fastv.keep_index.to(labels.device))
+        out.loss = self.loss_function(logits=out.logits, labels=labels, vocab_size=self.config.vocab_size)
+        return out
 
     @torch.no_grad()
     def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, **kwargs):
