@@ -1,0 +1,150 @@
+"""Step 2 integration: the registry's pruner inside prepare_inputs_labels_for_multimodal."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from holov_patches import PruningConfig
+from llava.conversation import get_conv_template
+from llava.mm_utils import process_images, tokenizer_image_token
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ids(tok, text="What is in the image?", n_images=1):
+    conv = get_conv_template("vicuna_v1")
+    conv.append_message(conv.roles[0], "<image>\n" * n_images + text)
+    conv.append_message(conv.roles[1], None)
+    return tokenizer_image_token(conv.get_prompt(), tok, return_tensors="pt")
+
+
+def _pixels(proc, cfg, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    imgs = [Image.fromarray((torch.rand(48, 40 + 8 * i, 3, generator=g) * 255).byte().numpy()) for i in range(n)]
+    return process_images(imgs, proc, cfg)
+
+
+@pytest.fixture()
+def model_with(tiny_llava):
+    """Yield a setter for the shared tiny model's pruning; restores 'off' afterwards."""
+    tok, model, proc, _ = tiny_llava
+
+    def _set(cfg):
+        model.set_pruning(cfg)
+        return tok, model, proc
+
+    yield _set
+    model.set_pruning(None)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "improved"])
+@pytest.mark.parametrize("keep", [64, 128, 192])
+def test_sequence_drops_by_pruned_count_and_tokens_are_projector_rows(model_with, mode, keep):
+    tok, model, proc = model_with(None)
+    ids = _ids(tok)[None]
+    px = _pixels(proc, model.config, 1)
+    full = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, px)[4]
+    feats = model.encode_images(px)[0]  # [576, D] unpruned projector output
+    model.set_pruning(PruningConfig(keep=keep, mode=mode))
+    pruned = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, px)[4]
+    text = ids.shape[1] - 1
+    assert 30 <= text <= 80  # the LLM sees ~35-ish text tokens...
+    assert full.shape[1] == text + 576 and pruned.shape[1] == text + keep  # ...plus K visual tokens
+    index = model.last_pruning.kept_index[0]
+    assert index.shape == (keep,)
+    start = int((ids[0] == -200).nonzero())
+    real = index >= 0
+    torch.testing.assert_close(pruned[0, start:start + keep][real], feats[index[real]])
+    assert torch.equal(pruned[0, :start], full[0, :start])
+    if mode == "improved":
+        assert bool(real.all()) and bool((index[1:] > index[:-1]).all())
+
+
+def test_keep_all_is_bit_identical_to_off(model_with):
+    tok, model, proc = model_with(None)
+    ids = _ids(tok)[None]
+    px = _pixels(proc, model.config, 1)
+    off = model(input_ids=ids, images=px).logits
+    for mode in ("faithful", "improved"):
+        model.set_pruning(PruningConfig(keep=576, mode=mode))
+        assert torch.equal(model(input_ids=ids, images=px).logits, off)
+
+
+def test_batches_and_lists_of_images_are_pruned_per_image(model_with):
+    tok, model, proc = model_with(PruningConfig(keep=64))
+    rows = [_ids(tok, "one"), _ids(tok, "two images please", 2)]
+    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        mask[i, :len(r)] = True
+    px = _pixels(proc, model.config, 3)
+    _, _, new_mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, None, px)
+    assert new_mask.sum(1).tolist() == [len(rows[0]) - 1 + 64, len(rows[1]) - 2 + 128]
+    assert len(model.last_pruning.kept_index) == 3
+    # a list of [3, S, S] tensors gives the same result as the stacked batch
+    as_list = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, None, list(px))[4]
+    torch.testing.assert_close(as_list, embeds)
+    # each image is pruned on its own: image 1 alone gives the same kept tokens
+    solo = model.prepare_inputs_labels_for_multimodal(rows[0][None], None, None, None, None, px[:1])[4]
+    torch.testing.assert_close(solo[0], embeds[0, :solo.shape[1]])
+
+
+def test_generate_with_pruning_returns_new_tokens(model_with):
+    tok, model, proc = model_with(PruningConfig(keep=64, mode="improved"))
+    out = model.generate(_ids(tok)[None], images=_pixels(proc, model.config, 1), do_sample=False, max_new_tokens=4,
+                         min_new_tokens=4, pad_token_id=0)
+    assert out.shape == (1, 4)
+
+
+def test_precedence_explicit_env_saved(tiny_llava_path, tmp_path, monkeypatch, capsys):
+    from llava.model.builder import load_pretrained_model
+
+    ckpt = tmp_path / "llava-v1.5-saved"
+    shutil.copytree(tiny_llava_path, ckpt)
+    cfg = json.load(open(ckpt / "config.json"))
+    cfg["holov"] = PruningConfig(keep=128, mode="improved").to_dict()
+    json.dump(cfg, open(ckpt / "config.json", "w"))
+
+    def load(**kw):
+        return load_pretrained_model(str(ckpt), None, "llava-v1.5-saved", device="cpu", **kw)[1].get_pruning()
+
+    monkeypatch.delenv("HOLOV_PRUNING", raising=False)
+    assert load() == PruningConfig(keep=128, mode="improved")  # saved
+    assert "holov(keep=128, mode=improved" in capsys.readouterr().out  # printed once at load
+    monkeypatch.setenv("HOLOV_PRUNING", "keep=32,mode=faithful")
+    assert load().keep == 32  # env beats saved
+    assert load(pruning={"keep": 16}).keep == 16  # explicit beats env
+    assert load(pruning="method=none") is None  # explicit off beats everything
+
+
+def test_cli_with_holov_tokens_answers(tiny_llava_path, make_image):
+    image = make_image("cli.png")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("HOLOV_PRUNING", None)
+    res = subprocess.run([sys.executable, "-m", "llava.serve.cli", "--model-path", tiny_llava_path, "--image-file", image,
+                          "--device", "cpu", "--max-new-tokens", "5", "--temperature", "0", "--holov-tokens", "64",
+                          "--debug"], input="What is it?\n", capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "[holov] visual-token pruning: holov(keep=64" in res.stdout
+    assert "[holov] kept [64] of [576] visual tokens" in res.stdout
+
+
+def test_visualize_writes_picture(tiny_llava_path, tmp_path):
+    out = tmp_path / "kept.png"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("HOLOV_PRUNING", None)
+    res = subprocess.run([sys.executable, "-m", "holov_patches.visualize", "--model-path", tiny_llava_path,
+                          "--image-file", os.path.join(REPO, "playground/examples/shapes.png"), "--device", "cpu",
+                          "--holov-tokens", "64", "--holov-mode", "improved", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "kept 64 of 576 visual tokens" in res.stdout
+    img = Image.open(out)
+    assert img.size == (24 * 20, 24 * 20)
