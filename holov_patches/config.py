@@ -10,6 +10,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional
 
+from holov_patches._holov_options import IMPROVED_OPTIONS, check_improved_option
+
 MODES = ("faithful", "improved")
 OFF_METHODS = ("none", "off")
 ENV_VAR = "HOLOV_PRUNING"
@@ -34,6 +36,9 @@ class PruningConfig:
     mode: str = field(default="faithful", metadata={"help": "HoloV mode: 'faithful' (authors' code) or 'improved'"})
     alpha: float = field(default=0.09, metadata={"help": "HoloV weight of the similarity-variance (diversity) term"})
     options: Dict[str, Any] = field(default_factory=dict, metadata={"help": "method-specific options passed to the pruner"})
+    crop_shape: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: 'square' (g x g crops on the patch grid, g = round(sqrt(P)); the default) or 'raster' (the released code's 1-D runs); None = the mode's default"})
+    rank_by: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: rank tokens inside a crop by 'combined' score a + alpha*scale*var (the default) or by raw 'attention' (as the released code); None = the mode's default"})
+    diversity_scale: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: take scale = mean|a| / mean|var| per 'crop' (the default, as the released code) or over the whole 'image', which lets diversity move the budget; None = the mode's default"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method:
@@ -62,6 +67,12 @@ class PruningConfig:
         self.alpha = float(self.alpha)
         if not isinstance(self.options, dict):
             raise ValueError(f"options={self.options!r} must be a dict")
+        improved = {name: getattr(self, name) for name in IMPROVED_OPTIONS}
+        for name, value in improved.items():
+            check_improved_option(name, value)
+        given = {k: v for k, v in improved.items() if v is not None}
+        if given and self.mode != "improved":
+            raise ValueError(f"{given} only apply to mode='improved' (mode={self.mode!r}); faithful mode reproduces the released code")
 
     # ---- derived values -------------------------------------------------
     @property
@@ -90,6 +101,7 @@ class PruningConfig:
         kwargs = dict(self.options)
         if self.method == "holov":
             kwargs.update(num_crops=self.num_crops, mode=self.mode, alpha=self.alpha)
+            kwargs.update({name: getattr(self, name) for name in IMPROVED_OPTIONS if getattr(self, name) is not None})
         return kwargs
 
     def describe(self) -> str:
@@ -97,6 +109,7 @@ class PruningConfig:
             return "pruning off"
         budget = f"keep={self.keep}" if self.keep is not None else f"ratio={self.ratio}"
         extra = f", mode={self.mode}, num_crops={self.num_crops or 'auto'}, alpha={self.alpha}" if self.method == "holov" else ""
+        extra += "".join(f", {name}={getattr(self, name)}" for name in IMPROVED_OPTIONS if getattr(self, name) is not None)
         opts = f", options={self.options}" if self.options else ""
         return f"{self.method}({budget}{extra}{opts})"
 
@@ -131,7 +144,7 @@ class PruningConfig:
             if "=" not in part:
                 raise ValueError(f"cannot parse {part!r} in pruning setting {text!r}: expected key=value")
             key, value = (s.strip() for s in part.split("=", 1))
-            data[key] = _parse_scalar(value)
+            data[key] = value if key == "method" else _parse_scalar(value)  # method=none means off
         return cls.from_dict(data)
 
     @classmethod

@@ -6,6 +6,7 @@ the holov_patches registry, and splice them into the text embeddings.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -186,11 +187,17 @@ class LlavaMetaForCausalLM(ABC):
             if cfg is None:
                 results.append(self._with_newlines(tokens, newline_rows))
                 continue
-            kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
-            record.kept_index.append(index[0])
+            if newline_rows is not None and newline_rows[1] > 0 and not (cfg.method == "holov" and cfg.mode == "faithful"):
+                kept_tokens, index = self._prune_anyres_2d(tokens, token_attn, cfg, newline_rows)
+            else:
+                # Faithful HoloV prunes base + high-res tokens as one raster and drops the
+                # newlines, as the authors' LLaVA-NeXT code does.
+                kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
+                kept_tokens, index = kept[0], index[0]
+            record.kept_index.append(index)
             record.num_tokens.append(tokens.shape[0])
             record.grids.append(grid)
-            results.append(kept[0])
+            results.append(kept_tokens)
         self.last_pruning = record
         return results
 
@@ -214,6 +221,33 @@ class LlavaMetaForCausalLM(ABC):
         token_attn = torch.cat([base_attn, hi_attn.flatten()], dim=0) if attn is not None else None
         newline = (side * side, height, width) if "unpad" in merge else None
         return tokens, token_attn, None, newline
+
+    def _prune_anyres_2d(self, tokens, token_attn, cfg: PruningConfig, layout):
+        """Prune the base tile and the (unpadded) high-res map each on its own 2-D grid.
+
+        The image's budget K (from its own token count) is split between the two maps in
+        proportion to their sizes; kept high-res tokens stay in raster order and every
+        high-res row that keeps a token ends with image_newline, so the LLM still sees
+        the rows of the layout. Returns (tokens [K + rows kept, D], kept positions [K])."""
+        n_base, height, width = layout
+        side = int(round(n_base ** 0.5))
+        keep = cfg.resolve_keep(tokens.shape[0])
+        keep_base = min(n_base, max(1, round(keep * n_base / tokens.shape[0])))
+        keep_hi = max(1, keep - keep_base)
+        base_cfg = dataclasses.replace(cfg, keep=keep_base, ratio=None)
+        hi_cfg = dataclasses.replace(cfg, keep=keep_hi, ratio=None)
+        kb, ib = self._prune(tokens[None, :n_base], token_attn[None, :n_base], base_cfg, (side, side))
+        kh, ih = self._prune(tokens[None, n_base:], token_attn[None, n_base:], hi_cfg, (height, width))
+        order = ih[0].argsort()  # raster order of the kept high-res tokens
+        hi_index, hi_tokens = ih[0][order], kh[0][order]
+        row = hi_index // width
+        row_end = torch.cat([row[1:] != row[:-1], row.new_ones(1, dtype=torch.bool)])  # [K_hi]
+        newlines_before = torch.cumsum(row_end.long(), 0) - row_end.long()
+        slot = torch.arange(hi_index.shape[0], device=hi_index.device) + newlines_before  # output slot of each token
+        out = hi_tokens.new_empty((hi_index.shape[0] + int(row_end.sum()), hi_tokens.shape[-1]))
+        out[slot] = hi_tokens
+        out[slot[row_end] + 1] = self.get_model().image_newline.to(device=out.device, dtype=out.dtype)
+        return torch.cat([kb[0], out], dim=0), torch.cat([ib[0], n_base + hi_index])
 
     def _with_newlines(self, tokens: torch.Tensor, newline_rows) -> torch.Tensor:
         """Insert image_newline after every row of the high-res map (LLaVA-NeXT layout)."""
