@@ -1,0 +1,97 @@
+"""``holov_patches.apply(model, config) -> handle``: the one entry point that turns visual
+token pruning on for a transformers model instance (peft's ``get_peft_model`` pattern:
+the instance is wrapped, the class is never touched, and ``handle.remove()`` undoes it).
+
+Dispatch is on ``model.config.model_type`` through one table; an unsupported type raises
+and lists the supported ones.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, Optional, Tuple
+
+from torch import nn
+
+from holov_patches.config import PruningConfig, as_pruning_config
+
+# model_type -> (module, class) of its adapter; the modules are imported on first use.
+ADAPTERS: Dict[str, Tuple[str, str]] = {
+    "llava": ("holov_patches.adapters.hf_llava", "HFLlavaAdapter"),
+    "llava_next": ("holov_patches.adapters.hf_llava_next", "HFLlavaNextAdapter"),
+    "qwen2_5_vl": ("holov_patches.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+}
+
+_HANDLE_ATTR = "_holov_pruning_handle"
+
+
+def supported_model_types() -> Tuple[str, ...]:
+    return tuple(sorted(ADAPTERS))
+
+
+class PruningHandle:
+    """Returned by :func:`apply`. ``remove()`` restores the model; ``last_prefill`` describes
+    the last pruned prefill (column map, kept offsets, position ids). Usable as a context
+    manager. An inactive handle (pruning off) patches nothing."""
+
+    def __init__(self, model: nn.Module, config: Optional[PruningConfig], adapter):
+        self.model = model
+        self.config = config
+        self.adapter = adapter
+        self.removed = False
+
+    @property
+    def active(self) -> bool:
+        return self.adapter is not None and not self.removed
+
+    @property
+    def last_prefill(self):
+        return None if self.adapter is None else self.adapter.last_prefill
+
+    def remove(self) -> None:
+        if self.removed:
+            raise RuntimeError("this pruning handle was already removed")
+        if self.adapter is not None:
+            self.adapter.remove()
+        if self.model.__dict__.get(_HANDLE_ATTR) is self:
+            del self.model.__dict__[_HANDLE_ATTR]
+        self.removed = True
+
+    def __enter__(self) -> "PruningHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.removed:
+            self.remove()
+
+    def __repr__(self) -> str:
+        what = self.config.describe() if self.config is not None else "pruning off"
+        state = "removed" if self.removed else ("active" if self.adapter is not None else "inactive")
+        return f"PruningHandle({self.model.config.model_type}, {what}, {state})"
+
+
+def apply(model: nn.Module, config: Any) -> PruningHandle:
+    """Turn pre-LLM visual token pruning on for ``model`` (one instance).
+
+    ``config``: a PruningConfig, dict, string or None. None or method 'none'/'off' gives an
+    inactive handle that changes nothing (so callers can pass ``resolve_pruning_config(...)``
+    straight through). Applying twice to the same model raises; remove the first handle."""
+    if model.__dict__.get(_HANDLE_ATTR) is not None:
+        raise RuntimeError(f"HoloV pruning is already applied to this model ({model.__dict__[_HANDLE_ATTR]!r}); "
+                           "call handle.remove() first")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(f"model_type={model_type!r} has no pruning adapter; supported: {', '.join(supported_model_types())}")
+    cfg = as_pruning_config(config)
+    if cfg is not None and cfg.is_off:
+        cfg = None
+    adapter = None
+    if cfg is not None:
+        if cfg.stage != "pre_llm":
+            raise ValueError(f"method {cfg.method!r} runs inside the LLM (stage={cfg.stage!r}); the {model_type} adapter "
+                             "applies pre-LLM pruners only")
+        module_name, class_name = ADAPTERS[model_type]
+        adapter = getattr(importlib.import_module(module_name), class_name)(model, cfg)
+        adapter.install()
+    handle = PruningHandle(model, cfg, adapter)
+    model.__dict__[_HANDLE_ATTR] = handle
+    return handle
