@@ -19,6 +19,13 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                        help="HoloV mode: faithful (authors' code, default) or improved")
     group.add_argument("--holov-alpha", "--holov_alpha", dest="holov_alpha", type=float, default=None,
                        help="HoloV diversity weight (default 0.09)")
+    group.add_argument("--holov-crop-shape", "--holov_crop_shape", dest="holov_crop_shape", choices=("square", "raster"),
+                       default=None, help="improved mode: 2-D 'square' crops (default) or the released 1-D 'raster' runs")
+    group.add_argument("--holov-rank-by", "--holov_rank_by", dest="holov_rank_by", choices=("combined", "attention"),
+                       default=None, help="improved mode: rank inside a crop by the 'combined' score (default) or raw 'attention'")
+    group.add_argument("--holov-diversity-scale", "--holov_diversity_scale", dest="holov_diversity_scale",
+                       choices=("crop", "image"), default=None,
+                       help="improved mode: normalise the diversity term per 'crop' (default) or over the whole 'image'")
     group.add_argument("--prune-method", "--prune_method", dest="prune_method", default=None,
                        help="pruning method from the registry (holov, ...; 'none' turns pruning off)")
     return parser
@@ -30,4 +37,6 @@ def pruning_config_from_args(args: argparse.Namespace) -> Optional[PruningConfig
         tokens=getattr(args, "holov_tokens", None), ratio=getattr(args, "prune_ratio", None),
         crops=getattr(args, "holov_crops", None), mode=getattr(args, "holov_mode", None),
         method=getattr(args, "prune_method", None), alpha=getattr(args, "holov_alpha", None),
+        crop_shape=getattr(args, "holov_crop_shape", None), rank_by=getattr(args, "holov_rank_by", None),
+        diversity_scale=getattr(args, "holov_diversity_scale", None),
     )

@@ -149,9 +149,12 @@ class PruningConfig:
 
     @classmethod
     def from_flags(cls, tokens=None, ratio=None, crops=None, mode=None, method=None, alpha=None,
-                   options: Optional[Mapping[str, Any]] = None) -> Optional["PruningConfig"]:
+                   options: Optional[Mapping[str, Any]] = None, crop_shape=None, rank_by=None,
+                   diversity_scale=None) -> Optional["PruningConfig"]:
         """Build from CLI-style flags; ``None`` when no flag was given (so env / saved config apply)."""
-        given = {k: v for k, v in dict(keep=tokens, ratio=ratio, num_crops=crops, mode=mode, method=method, alpha=alpha).items() if v is not None}
+        given = {k: v for k, v in dict(keep=tokens, ratio=ratio, num_crops=crops, mode=mode, method=method, alpha=alpha,
+                                       crop_shape=crop_shape, rank_by=rank_by,
+                                       diversity_scale=diversity_scale).items() if v is not None}
         if not given and not options:
             return None
         return cls(**given, options=dict(options or {}))
