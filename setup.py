@@ -20,7 +20,7 @@ EXTRAS = {
     "train": ["deepspeed==0.19.8", "peft>=0.13", "datasets"],
     # lmms-eval itself is installed by scripts/install_lmms_eval.sh (it must skip the
     # CUDA torchvision its metadata asks for); these are the packages it imports.
-    "eval": ["datasets", "pandas", "pyarrow"],
+    "eval": ["datasets", "pandas", "pyarrow", "openpyxl"],
     "dev": ["pytest>=8", "pytest-timeout"],
 }
 
@@ -29,10 +29,11 @@ setup(
     version="0.1.0",
     description="LLaVA-1.5-compatible codebase with the HoloV visual-token pruner (NeurIPS 2025) and baselines",
     packages=find_packages(include=["llava", "llava.*", "holov_patches", "holov_patches.*"]),
+    package_data={"holov_patches": ["data/*.csv"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={
-        "lmms_eval.models": ["llava_holov = llava.eval.lmms_eval_plugin:LlavaHolov"],
+        "lmms_eval.models": ["llava_holov = llava.eval.lmms_eval_plugin:lmms_eval_manifest"],
     },
 )

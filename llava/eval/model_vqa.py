@@ -1,0 +1,55 @@
+"""Answer a LLaVA question file one question at a time (LLaVA's ``model_vqa``; MM-Vet,
+LLaVA-Bench). Same files as :mod:`llava.eval.model_vqa_loader`, without the DataLoader;
+a question without ``image`` is asked as text only.
+
+    python -m llava.eval.model_vqa --model-path PATH --question-file Q.jsonl --image-folder DIR \\
+        --answers-file A.jsonl [--holov-tokens 64]
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+from tqdm import tqdm
+
+from llava.eval.answers_io import AnswerWriter, question_prompt_key
+from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
+from llava.mm_utils import load_image
+
+
+def eval_model(args) -> str:
+    check_args(args)
+    questions = read_jsonl(args.question_file)
+    for q in questions:
+        require_keys(q, ("question_id", "text"), args.question_file)
+    check_unique(questions, args.question_file)
+    questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
+    em = EvalModel.load(args)
+    with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
+        todo = [q for q in questions if not writer.done((str(q["question_id"]), q["text"]))]
+        if writer.n_existing:
+            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
+        for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
+            if line.get("image"):
+                image = load_image(os.path.join(args.image_folder, line["image"]))
+                input_ids = em.input_ids(em.prompt(line["text"], with_image=True))
+                text = em.generate(input_ids, em.image_tensor([image]), [image.size])
+            else:
+                text = em.generate(em.input_ids(em.prompt(line["text"], with_image=False)))
+            writer.write(em.record(line["question_id"], line["text"], text))
+    return args.answers_file
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024).parse_args(argv)
+    try:
+        eval_model(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Answer a LLaVA question file with a DataLoader that prepares the next image while the
+model generates (LLaVA's ``model_vqa_loader``; GQA, VQAv2, VizWiz, TextVQA, POPE, MME, SEED).
+
+Questions: JSONL ``{"question_id", "image", "text", ...}``; the prompt is the conversation
+template around ``<image>\\n`` + text. Answers: JSONL ``{"question_id", "prompt", "text",
+"answer_id", "model_id", "metadata"}``, one line per question, flushed as written; a rerun
+skips the questions already in ``--answers-file`` (see :mod:`llava.eval.answers_io`).
+
+    python -m llava.eval.model_vqa_loader --model-path PATH --question-file Q.jsonl \\
+        --image-folder DIR --answers-file A.jsonl [--holov-tokens 64] [--num-chunks N --chunk-idx I]
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from llava.eval.answers_io import AnswerWriter, question_prompt_key
+from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
+from llava.mm_utils import load_image
+
+
+class QuestionDataset(Dataset):
+    """Tokenised prompt and preprocessed image of each question (runs in DataLoader workers)."""
+
+    def __init__(self, questions: Sequence[Dict[str, Any]], image_folder: str, em: EvalModel):
+        self.questions = questions
+        self.image_folder = image_folder
+        self.em = em
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int):
+        line = self.questions[index]
+        image = load_image(os.path.join(self.image_folder, line["image"]))
+        prompt = self.em.prompt(line["text"], with_image=True)
+        return line, self.em.input_ids(prompt), self.em.image_tensor([image]), [image.size]
+
+
+def eval_model(args) -> str:
+    check_args(args)
+    questions = read_jsonl(args.question_file)
+    for q in questions:
+        require_keys(q, ("question_id", "image", "text"), args.question_file)
+    check_unique(questions, args.question_file)
+    questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
+    em = EvalModel.load(args)
+    with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
+        todo = [q for q in questions if not writer.done((str(q["question_id"]), q["text"]))]
+        if writer.n_existing:
+            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
+        todo = list(limit(todo, args.max_questions))
+        workers = args.num_workers if args.num_workers is not None else (4 if str(em.model.device).startswith("cuda") else 0)
+        # batch_size=None: items come one by one, unbatched, as LLaVA's batch of 1.
+        loader = DataLoader(QuestionDataset(todo, args.image_folder, em), batch_size=None, shuffle=False,
+                            num_workers=workers)
+        for line, input_ids, image_tensor, image_sizes in tqdm(loader, total=len(todo), desc="questions"):
+            text = em.generate(input_ids, image_tensor, image_sizes)
+            writer.write(em.record(line["question_id"], line["text"], text))
+    return args.answers_file
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser(__doc__.split("\n\n")[0], max_new_tokens=128)
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers preparing images (default: 4 on GPU, 0 on CPU)")
+    args = parser.parse_args(argv)
+    try:
+        eval_model(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Answer ScienceQA in LLaVA's conversation format (LLaVA's ``model_vqa_science``).
+
+Questions: ``llava_test_CQM-A.json``, a JSON list of ``{"id", "image"?, "conversations":
+[{"from": "human", "value": "<image>\\nContext: ...\\nQuestion\\nA. ...\\nB. ..."}, ...]}``.
+The first human turn is the question (its ``<image>`` marker is dropped and put back in
+front when the problem has an image; text-only problems are asked without one).
+``--single-pred-prompt`` appends "Answer with the option's letter from the given choices
+directly." Answers: LLaVA JSONL with ``question_id`` = the problem id; the ``prompt`` is
+the question as shown, ``<image>\\n`` first for problems with an image (the ScienceQA
+scorer's convention).
+
+    python -m llava.eval.model_vqa_science --model-path PATH --question-file llava_test_CQM-A.json \\
+        --image-folder scienceqa/images/test --answers-file A.jsonl --single-pred-prompt
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from tqdm import tqdm
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.eval.answers_io import AnswerWriter, question_key
+from llava.eval.eval_common import (MC_PROMPT, EvalModel, build_parser, check_args, get_chunk, limit,
+                                    require_keys)
+from llava.mm_utils import load_image
+
+
+def question_text(line: Dict[str, Any], where: str) -> str:
+    """The first human turn without its ``<image>`` marker."""
+    require_keys(line, ("id", "conversations"), where)
+    turns = line["conversations"]
+    if not isinstance(turns, list) or not turns or "value" not in turns[0]:
+        raise ValueError(f"{where}: problem {line['id']!r} has no first turn with a 'value'")
+    return turns[0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+
+
+def load_questions(path: str) -> List[Dict[str, Any]]:
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+        questions = json.load(f)
+    if not isinstance(questions, list):
+        raise ValueError(f"{path}: expected a JSON list of problems, got {type(questions).__name__}")
+    seen = set()
+    for line in questions:
+        question_text(line, path)  # a malformed problem fails before the model loads
+        if str(line["id"]) in seen:
+            raise ValueError(f"{path}: problem id {line['id']!r} appears twice; answers could not be told apart")
+        seen.add(str(line["id"]))
+    return questions
+
+
+def eval_model(args) -> str:
+    check_args(args)
+    questions = get_chunk(load_questions(args.question_file), args.num_chunks, args.chunk_idx)
+    em = EvalModel.load(args)
+    with AnswerWriter(args.answers_file, question_key, em.settings) as writer:
+        todo = [q for q in questions if not writer.done(str(q["id"]))]
+        if writer.n_existing:
+            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
+        for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
+            qs = question_text(line, args.question_file)
+            shown = qs
+            if args.single_pred_prompt:
+                qs = qs + "\n" + MC_PROMPT
+                shown = shown + "\n" + MC_PROMPT
+            if line.get("image"):
+                image = load_image(os.path.join(args.image_folder, line["image"]))
+                input_ids = em.input_ids(em.prompt(qs, with_image=True))
+                text = em.generate(input_ids, em.image_tensor([image]), [image.size])
+                shown = DEFAULT_IMAGE_TOKEN + "\n" + shown
+            else:
+                text = em.generate(em.input_ids(em.prompt(qs, with_image=False)))
+            writer.write(em.record(line["id"], shown, text))
+    return args.answers_file
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, single_pred_prompt=True).parse_args(argv)
+    try:
+        eval_model(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
