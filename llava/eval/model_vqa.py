@@ -16,6 +16,7 @@ from tqdm import tqdm
 from llava.eval.answers_io import AnswerWriter, question_prompt_key
 from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
 from llava.mm_utils import load_image
+from llava.utils import exit_code_of
 
 
 def eval_model(args) -> str:
@@ -43,12 +44,7 @@ def eval_model(args) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024).parse_args(argv)
-    try:
-        eval_model(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(eval_model, args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from llava.eval.answers_io import AnswerWriter, question_prompt_key
 from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
 from llava.mm_utils import load_image
+from llava.utils import exit_code_of
 
 
 class QuestionDataset(Dataset):
@@ -69,12 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers preparing images (default: 4 on GPU, 0 on CPU)")
     args = parser.parse_args(argv)
-    try:
-        eval_model(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(eval_model, args)
 
 
 if __name__ == "__main__":

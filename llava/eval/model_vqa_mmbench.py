@@ -26,6 +26,7 @@ from llava.eval.answers_io import AnswerWriter, question_round_key
 from llava.eval.eval_common import (MC_PROMPT, MC_PROMPT_CN, EvalModel, build_parser, check_args, get_chunk, limit,
                                     require_keys)
 from llava.mm_utils import load_image_from_base64
+from llava.utils import exit_code_of
 
 ALL_OPTIONS = ("A", "B", "C", "D")
 
@@ -131,12 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--all-rounds", action="store_true",
                         help="ask every question once per rotation of its options (CircularEval)")
     args = parser.parse_args(argv)
-    try:
-        eval_model(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(eval_model, args)
 
 
 if __name__ == "__main__":

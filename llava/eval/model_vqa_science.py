@@ -26,6 +26,7 @@ from llava.eval.answers_io import AnswerWriter, question_key
 from llava.eval.eval_common import (MC_PROMPT, EvalModel, build_parser, check_args, get_chunk, limit,
                                     require_keys)
 from llava.mm_utils import load_image
+from llava.utils import exit_code_of
 
 
 def question_text(line: Dict[str, Any], where: str) -> str:
@@ -78,12 +79,7 @@ def eval_model(args) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, single_pred_prompt=True).parse_args(argv)
-    try:
-        eval_model(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(eval_model, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import get_conv_template, infer_conv_mode
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init, pick_device
+from llava.utils import disable_torch_init, exit_code_of, pick_device
 
 
 def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
@@ -71,12 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        eval_model(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(eval_model, args)
 
 
 if __name__ == "__main__":

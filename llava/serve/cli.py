@@ -19,7 +19,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import get_conv_template, infer_conv_mode
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init, pick_device
+from llava.utils import disable_torch_init, exit_code_of, pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +44,7 @@ def first_user_message(text: str, mm_use_im_start_end: bool) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return chat(args)
-    except ValueError as err:  # bad user input: one clear line, no traceback
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_code_of(chat, args, debug=args.debug)
 
 
 def chat(args: argparse.Namespace) -> int:
