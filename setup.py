@@ -20,7 +20,7 @@ EXTRAS = {
     "train": ["deepspeed==0.19.8", "peft>=0.13", "datasets"],
     # lmms-eval itself is installed by scripts/install_lmms_eval.sh (it must skip the
     # CUDA torchvision its metadata asks for); these are the packages it imports.
-    "eval": ["datasets", "pandas", "pyarrow", "openpyxl"],
+    "eval": ["datasets", "pandas", "pyarrow", "openpyxl", "filelock<4"],
     "dev": ["pytest>=8", "pytest-timeout"],
 }
 

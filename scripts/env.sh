@@ -30,6 +30,8 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   pip install -q "$TORCH_SPEC"
 fi
 
+# DeepSpeed (train extra) builds no CUDA ops at install time; they JIT-build when used.
+export DS_BUILD_OPS="${DS_BUILD_OPS:-0}"
 stamp="$HOLOV_VENV/.holov-installed-$(cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/env.sh" | sha1sum | cut -c1-12)-${HOLOV_EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   echo "[env] installing holov-llava[$HOLOV_EXTRAS] (editable)"

@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOLOV_EXTRAS="${HOLOV_EXTRAS:-dev,train,eval}" source scripts/env.sh
+# lmms-eval goes in without the CUDA torchvision its metadata asks for (see the script).
+bash scripts/install_lmms_eval.sh
 python -m pytest -q tests "$@"
