@@ -38,5 +38,10 @@ if [ ! -f "$stamp" ]; then
   pip install -q -e "$REPO_ROOT[$HOLOV_EXTRAS]"
   touch "$stamp"
 fi
+# Without a GPU, tell DeepSpeed (imported by transformers/accelerate when installed) to use
+# its CPU accelerator instead of probing for one and logging about it on every import.
+if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; }; then
+  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+fi
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
