@@ -90,3 +90,19 @@ def test_mixed_sizes_batch_generate_matches_single(next_model):
     batch = model.generate(torch.cat([ids, ids]), images=list(px), image_sizes=[im.size for im in IMAGES],
                            do_sample=False, max_new_tokens=3, min_new_tokens=3)
     assert torch.equal(batch, torch.cat(single))
+
+
+def test_mistral_backbone_llava_next_loads_prunes_and_generates(tmp_path):
+    from llava.model.builder import load_pretrained_model
+    from llava.model.language_model.llava_mistral import LlavaMistralForCausalLM
+    from llava.model.tiny import build_tiny_llava
+
+    path = build_tiny_llava(str(tmp_path / "llava-v1.6-mistral-tiny"), arch="llava-1.6", backbone="mistral")
+    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.6-mistral-tiny", device="cpu",
+                                                pruning=PruningConfig(ratio=0.889, mode="improved"))
+    assert isinstance(model, LlavaMistralForCausalLM)
+    px = process_images(IMAGES[:1], proc, model.config)
+    out = model.generate(_ids(tok), images=list(px), image_sizes=[IMAGES[0].size], do_sample=False, max_new_tokens=3,
+                         min_new_tokens=3)
+    assert out.shape == (1, 3)
+    assert model.last_pruning.kept_index[0].shape[0] == round(model.last_pruning.num_tokens[0] * (1 - 0.889))

@@ -18,6 +18,7 @@ import torch
 
 from holov_patches import resolve_pruning_config
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 
 logger = logging.getLogger(__name__)
 TOWER_PREFIX = "model.vision_tower.vision_tower."
@@ -46,12 +47,25 @@ def _dtype_and_quant(load_8bit: bool, load_4bit: bool, device: str, use_flash_at
     return out
 
 
-def _load_config(path: str, customized_config=None) -> LlavaConfig:
-    # The released checkpoints say model_type "llava", which transformers maps to its own
-    # LlavaConfig; read the file with ours instead.
-    config = customized_config if customized_config is not None else LlavaConfig.from_pretrained(path)
+def llava_classes(path: str):
+    """(config class, model class) for a LLaVA checkpoint, from its config.json: a Mistral
+    backbone by model_type / architectures (llava-v1.6-mistral), LLaMA otherwise."""
+    from transformers import PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(path)
+    names = [raw.get("model_type", "")] + list(raw.get("architectures") or [])
+    if any("mistral" in str(n).lower() for n in names):
+        return LlavaMistralConfig, LlavaMistralForCausalLM
+    return LlavaConfig, LlavaLlamaForCausalLM
+
+
+def _load_config(path: str, customized_config=None):
+    # The released LLaVA-1.5 checkpoints say model_type "llava", which transformers maps
+    # to its own LlavaConfig; read the file with ours instead.
+    config_cls, model_cls = llava_classes(path)
+    config = customized_config if customized_config is not None else config_cls.from_pretrained(path)
     config._name_or_path = path
-    return config
+    return config, model_cls
 
 
 def _tokenizer(path: str):
@@ -131,12 +145,12 @@ def load_pretrained_model(model_path: str, model_base: Optional[str], model_name
     elif model_base is not None:
         model, tokenizer = _load_projector_only(model_path, model_base, load_kwargs, customized_config)
     else:
-        config = _load_config(model_path, customized_config)
+        config, model_cls = _load_config(model_path, customized_config)
         if overwrite_config:
             for key, value in overwrite_config.items():
                 setattr(config, key, value)
         tokenizer = _tokenizer(model_path)
-        model = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
+        model = model_cls.from_pretrained(model_path, config=config, **load_kwargs)
 
     image_processor = _finish_multimodal(model, tokenizer, model_path, device_map, load_kwargs["dtype"])
     model.set_pruning(resolve_pruning_config(explicit=pruning, saved=getattr(model.config, "holov", None)))
@@ -170,9 +184,9 @@ def _finish_multimodal(model, tokenizer, model_path: str, device_map, dtype):
 def _load_lora(model_path: str, model_base: str, load_kwargs, customized_config):
     from peft import PeftModel
 
-    config = _load_config(model_path, customized_config)
+    config, model_cls = _load_config(model_path, customized_config)
     tokenizer = _tokenizer(model_base)
-    model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+    model = model_cls.from_pretrained(model_base, config=config, **load_kwargs)
     non_lora = os.path.join(model_path, "non_lora_trainables.bin")
     if os.path.isfile(non_lora):
         weights = torch.load(non_lora, map_location="cpu", weights_only=True)
@@ -185,9 +199,9 @@ def _load_lora(model_path: str, model_base: str, load_kwargs, customized_config)
 
 
 def _load_projector_only(model_path: str, model_base: str, load_kwargs, customized_config):
-    config = _load_config(model_path, customized_config)
+    config, model_cls = _load_config(model_path, customized_config)
     tokenizer = _tokenizer(model_base)
-    model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+    model = model_cls.from_pretrained(model_base, config=config, **load_kwargs)
     weights = torch.load(os.path.join(model_path, "mm_projector.bin"), map_location="cpu", weights_only=True)
     weights = {k: v.to(model.dtype) for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -77,12 +77,18 @@ def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: 
 
 def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int | None = None,
                      vision_hidden: int = 64, vision_layers: int = 2, vision_heads: int = 4, vocab_size: int = 512,
-                     arch: str = "llava-1.5", with_tower_weights: bool = False, seed: int = 0, force: bool = False) -> str:
+                     arch: str = "llava-1.5", with_tower_weights: bool = False, seed: int = 0, force: bool = False,
+                     backbone: str = "llama") -> str:
     """Write the checkpoint and return ``out_dir``; an existing complete one is kept unless ``force``."""
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 
     if arch not in ("llava-1.5", "llava-1.6"):
         raise ValueError(f"arch={arch!r} is not one of ('llava-1.5', 'llava-1.6')")
+    backbones = {"llama": (LlavaConfig, LlavaLlamaForCausalLM), "mistral": (LlavaMistralConfig, LlavaMistralForCausalLM)}
+    if backbone not in backbones:
+        raise ValueError(f"backbone={backbone!r} is not one of {tuple(backbones)}")
+    config_cls, model_cls = backbones[backbone]
     if os.path.isfile(os.path.join(out_dir, "config.json")) and not force:
         return out_dir
     if os.path.isdir(out_dir):
@@ -100,18 +106,19 @@ def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int
     if arch == "llava-1.6":
         mm.update(image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
                   image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
-    config = LlavaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or hidden * 4,
+    config = config_cls(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or hidden * 4,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
                          pad_token_id=0, tie_word_embeddings=False, **mm)
     config._name_or_path = out_dir  # lets the tower path resolve relative to the checkpoint
-    model = LlavaLlamaForCausalLM(config)
+    model = model_cls(config)
     if "unpad" in mm["mm_patch_merge_type"]:
         torch.nn.init.normal_(model.get_model().image_newline, std=hidden ** -0.5)
     if with_tower_weights:
         model.get_vision_tower().load_model()
     model.save_pretrained(out_dir)
-    _to_original_config(os.path.join(out_dir, "config.json"))
+    if backbone == "llama":
+        _to_original_config(os.path.join(out_dir, "config.json"))
     return out_dir
 
 
@@ -138,13 +145,15 @@ def main(argv=None) -> None:
     p.add_argument("--vision-heads", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--arch", default="llava-1.5", choices=("llava-1.5", "llava-1.6"))
+    p.add_argument("--backbone", default="llama", choices=("llama", "mistral"), help="language model family")
     p.add_argument("--with-tower-weights", action="store_true", help="also store the tower weights inside the checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     a = p.parse_args(argv)
     out = build_tiny_llava(a.out_dir, a.hidden, a.layers, a.heads, a.intermediate, a.vision_hidden, a.vision_layers,
-                           a.vision_heads, a.vocab_size, a.arch, a.with_tower_weights, a.seed, a.force)
-    print(f"tiny LLaVA checkpoint ({a.arch}, random weights) written to {out}")
+                           a.vision_heads, a.vocab_size, a.arch, a.with_tower_weights, a.seed, a.force,
+                           a.backbone)
+    print(f"tiny LLaVA checkpoint ({a.arch}, {a.backbone}, random weights) written to {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, PretrainedConfig
 
 from holov_patches import PruningConfig, resolve_pruning_config
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.builder import llava_classes
 from llava.train.arguments import FRESH_MM_DEFAULTS
 
 NOT_LORA_TARGETS = ("mm_projector", "vision_tower", "vision_resampler", "lm_head")
@@ -85,11 +85,12 @@ def load_llava(model_args, training_args, attn_implementation: Optional[str]):
     load_kwargs = dict(dtype=torch_dtype(training_args), cache_dir=training_args.cache_dir)
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
-    config = LlavaConfig.from_pretrained(path, cache_dir=training_args.cache_dir)
+    config_cls, model_cls = llava_classes(path)  # LLaMA or Mistral backbone, from config.json
+    config = config_cls.from_pretrained(path, cache_dir=training_args.cache_dir)
     config._name_or_path = path  # a relative mm_vision_tower resolves beside the checkpoint
     if is_llava_checkpoint(path, training_args.cache_dir):
         _check_checkpoint_flags(config, model_args)
-        model = LlavaLlamaForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+        model = model_cls.from_pretrained(path, config=config, **load_kwargs)
         tower = model.get_vision_tower()
         if model_args.vision_tower is not None and model_args.vision_tower not in (config.mm_vision_tower, tower.vision_tower_name):
             raise ValueError(f"--vision_tower {model_args.vision_tower!r} contradicts the checkpoint's mm_vision_tower "
@@ -100,7 +101,7 @@ def load_llava(model_args, training_args, attn_implementation: Optional[str]):
     else:
         if not model_args.vision_tower:
             raise ValueError(f"{path} is a plain language model: give --vision_tower (e.g. openai/clip-vit-large-patch14-336)")
-        model = LlavaLlamaForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+        model = model_cls.from_pretrained(path, config=config, **load_kwargs)
         fresh = {name: getattr(model_args, name) if getattr(model_args, name) is not None else default
                  for name, default in FRESH_MM_DEFAULTS.items()}
         model.get_model().initialize_vision_modules(SimpleNamespace(

@@ -1,23 +1,11 @@
-"""LLaVA on a LLaMA/Vicuna backbone, written for transformers 5.x.
-
-Differences from the original that 5.x forces: ``forward`` and
-``prepare_inputs_for_generation`` take the new keywords (``cache_position``, cache
-objects) through ``**kwargs``; ``generate`` left-pads the spliced batch and returns only
-the new tokens.
-"""
+"""LLaVA on a LLaMA/Vicuna backbone (``liuhaotian/llava-v1.5-*``), for transformers 5.x."""
 from __future__ import annotations
-
-import inspect
-from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 
-from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
-
-
-# transformers 5.24 renamed the cache keyword from past_key_values to cache.
-_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+from llava.model.language_model.llava_causal_lm import LlavaCausalLMMixin
+from llava.model.llava_arch import LlavaMetaModel
 
 
 class LlavaConfig(LlamaConfig):
@@ -31,7 +19,7 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
         super().__init__(config)
 
 
-class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
+class LlavaLlamaForCausalLM(LlavaCausalLMMixin, LlamaForCausalLM):
     config_class = LlavaConfig
 
     def __init__(self, config):
@@ -40,63 +28,6 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_model(self):
-        return self.model
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, images=None, image_sizes=None, return_dict=None, **kwargs):
-        cache = kwargs.pop("cache", None) if _CACHE_KW == "cache" else None
-        cache = cache if cache is not None else past_key_values
-        if inputs_embeds is None:
-            (input_ids, position_ids, attention_mask, cache, inputs_embeds, labels) = \
-                self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask, cache,
-                                                          labels, images, image_sizes)
-        if return_dict is not None:
-            kwargs["return_dict"] = return_dict
-        fastv = self._fastv_hooks()
-        if fastv is None or labels is None:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
-                                   **{_CACHE_KW: cache}, **kwargs)
-        # FastV shortens the sequence inside the LLM: score the kept positions' labels.
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              inputs_embeds=inputs_embeds, use_cache=use_cache, **{_CACHE_KW: cache}, **kwargs)
-        if fastv.keep_index is not None and out.logits.shape[1] != labels.shape[1]:
-            labels = labels.gather(1, fastv.keep_index.to(labels.device))
-        out.loss = self.loss_function(logits=out.logits, labels=labels, vocab_size=self.config.vocab_size)
-        return out
-
-    @torch.no_grad()
-    def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, **kwargs):
-        """Like LLaVA's generate, but returns only the newly generated tokens."""
-        if "inputs_embeds" in kwargs:
-            raise ValueError("pass input_ids (and images), not inputs_embeds, to LlavaLlamaForCausalLM.generate")
-        if inputs is None:
-            inputs = kwargs.pop("input_ids", None)
-        if inputs is None:
-            raise ValueError("generate needs input_ids")
-        position_ids = kwargs.pop("position_ids", None)
-        attention_mask = kwargs.pop("attention_mask", None)
-        if images is not None:
-            _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left")
-        else:
-            inputs_embeds = self.get_model().embed_tokens(inputs)
-        if attention_mask is None:
-            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-
-    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
-        # inputs_embeds must be a named parameter: generate() checks the signature for it.
-        images = kwargs.pop("images", None)
-        image_sizes = kwargs.pop("image_sizes", None)
-        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        if images is not None:
-            inputs["images"] = images
-        if image_sizes is not None:
-            inputs["image_sizes"] = image_sizes
-        return inputs
 
 
 AutoConfig.register("llava_llama", LlavaConfig)
