@@ -1,0 +1,55 @@
+"""A LLaVA-1.5 checkpoint of any CLIP-336/14 + LLaMA shape with random weights.
+
+Why: the efficiency report (``python -m holov_patches.efficiency --random-7b``) must time
+prefill and decode at the real LLaVA-1.5-7B shape, where the speedups of visual-token
+pruning are claimed (HoloV, arXiv 2510.02912), on a machine that holds no downloaded
+weights. Timing and memory depend on the shapes and dtype, not on the weight values, so
+random float16 weights give the same costs as the released checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from holov_patches.flops import LlavaShape
+
+
+def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dtype: torch.dtype = torch.float16) -> str:
+    """A checkpoint of ``shape`` with random weights in the original LLaVA-1.5 layout.
+
+    The tokenizer, the CLIP tower (random, ``shape.vision``) and the LLaVA config come from
+    ``build_tiny_llava``; the language model is then rebuilt at full shape directly on
+    ``device`` (fast random init on a GPU) in ``dtype`` and saved over the tiny one, so the
+    report loads it through ``load_pretrained_model`` like any checkpoint."""
+    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model.tiny import build_tiny_llava
+
+    v, m = shape.vision, shape.llm
+    if v.hidden * 4 != v.intermediate or (v.image_size, v.patch_size, v.select_layer) != (336, 14, -2):
+        raise ValueError(f"build_random_llava makes CLIP-336/14 towers with MLP 4 x hidden and select layer -2; got {v}")
+    build_tiny_llava(out_dir, hidden=64, layers=1, heads=4, vision_hidden=v.hidden, vision_layers=v.layers,
+                     vision_heads=v.heads, vocab_size=512, force=True)
+    config = LlavaConfig.from_pretrained(out_dir)
+    config.update(dict(hidden_size=m.hidden, num_hidden_layers=m.layers, num_attention_heads=m.heads,
+                       num_key_value_heads=m.kv_heads, head_dim=m.head_dim, intermediate_size=m.intermediate,
+                       vocab_size=m.vocab))
+    config._name_or_path = out_dir  # the tower path is relative to the checkpoint
+    for name in os.listdir(out_dir):
+        if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
+            os.remove(os.path.join(out_dir, name))
+    with torch.device(device):
+        model = LlavaLlamaForCausalLM._from_config(config, dtype=dtype)
+    model.save_pretrained(out_dir)
+    del model
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    cfg_path = os.path.join(out_dir, "config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    saved.update(model_type="llava", architectures=["LlavaLlamaForCausalLM"])
+    saved.pop("_name_or_path", None)
+    with open(cfg_path, "w") as f:
+        json.dump(saved, f, indent=2)
+    return out_dir
