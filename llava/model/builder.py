@@ -63,7 +63,13 @@ def _load_config(path: str, customized_config=None):
     # The released LLaVA-1.5 checkpoints say model_type "llava", which transformers maps
     # to its own LlavaConfig; read the file with ours instead.
     config_cls, model_cls = llava_classes(path)
-    config = customized_config if customized_config is not None else config_cls.from_pretrained(path)
+    if customized_config is not None:
+        config = customized_config
+    else:
+        # from_dict, not from_pretrained: the file's model_type ("llava") is known to differ
+        # from ours, and from_pretrained would warn about it on every load.
+        raw, _ = config_cls.get_config_dict(path)
+        config = config_cls.from_dict({k: v for k, v in raw.items() if k != "model_type"})
     config._name_or_path = path
     return config, model_cls
 

@@ -65,12 +65,14 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512, extra_text: Iterable[st
 
 
 def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: int = 336, patch_size: int = 14) -> None:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
 
     cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
     CLIPVisionModel(cfg).save_pretrained(out_dir)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    image_processor_class()(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_center_crop=True, do_resize=True,
                        do_normalize=True, do_convert_rgb=True).save_pretrained(out_dir)
 

@@ -11,9 +11,22 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from holov_patches.clip_cls_attention import run_clip_vision
+
+
+def image_processor_class():
+    """transformers' default CLIP processor needs torchvision; without it (our CPU set-up:
+    PyPI's torchvision does not work beside the CPU torch) the PIL one gives the same
+    336x336 tensors, and picking it directly avoids a fallback warning on every load."""
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
 
 
 class CLIPVisionTower(nn.Module):
@@ -33,7 +46,7 @@ class CLIPVisionTower(nn.Module):
     def load_model(self, device_map=None) -> None:
         if self.is_loaded:
             return
-        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+        self.image_processor = image_processor_class().from_pretrained(self.vision_tower_name)
         self.vision_tower = CLIPVisionModel.from_pretrained(self.vision_tower_name, device_map=device_map)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
