@@ -138,6 +138,13 @@ class AnswerWriter:
     def done(self, key: Key) -> bool:
         return key in self._done
 
+    def pending(self, items, key_of: Callable[[Any], Key]) -> list:
+        """The items whose key has no answer yet; says how many were kept from an earlier run."""
+        todo = [item for item in items if not self.done(key_of(item))]
+        if self.n_existing:
+            print(f"[eval] {self.path}: {self.n_existing} answers kept, {len(todo)} to go", flush=True)
+        return todo
+
     @property
     def done_keys(self) -> frozenset:
         return frozenset(self._done)

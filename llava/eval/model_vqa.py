@@ -28,9 +28,7 @@ def eval_model(args) -> str:
     questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
     em = EvalModel.load(args)
     with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
-        todo = [q for q in questions if not writer.done((str(q["question_id"]), q["text"]))]
-        if writer.n_existing:
-            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
+        todo = writer.pending(questions, lambda q: (str(q["question_id"]), q["text"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
             if line.get("image"):
                 image = load_image(os.path.join(args.image_folder, line["image"]))

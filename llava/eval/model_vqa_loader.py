@@ -51,10 +51,7 @@ def eval_model(args) -> str:
     questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
     em = EvalModel.load(args)
     with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
-        todo = [q for q in questions if not writer.done((str(q["question_id"]), q["text"]))]
-        if writer.n_existing:
-            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
-        todo = list(limit(todo, args.max_questions))
+        todo = list(limit(writer.pending(questions, lambda q: (str(q["question_id"]), q["text"])), args.max_questions))
         workers = args.num_workers if args.num_workers is not None else (4 if str(em.model.device).startswith("cuda") else 0)
         # batch_size=None: items come one by one, unbatched, as LLaVA's batch of 1.
         loader = DataLoader(QuestionDataset(todo, args.image_folder, em), batch_size=None, shuffle=False,

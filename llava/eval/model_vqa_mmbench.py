@@ -103,12 +103,8 @@ def eval_model(args) -> str:
     suffix = instruction(args.lang, args.single_pred_prompt)
     em = EvalModel.load(args)
     with AnswerWriter(args.answers_file, question_round_key, em.settings) as writer:
-        jobs = []  # (row, round) pairs still to answer
-        for row in rows:
-            n_rounds = len(get_options(row)) if args.all_rounds else 1
-            jobs += [(row, r) for r in range(n_rounds) if not writer.done((str(row["index"]), r))]
-        if writer.n_existing:
-            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(jobs)} to go", flush=True)
+        every = [(row, r) for row in rows for r in range(len(get_options(row)) if args.all_rounds else 1)]
+        jobs = writer.pending(every, lambda job: (str(job[0]["index"]), job[1]))  # (row, round) pairs still to answer
         for row, round_idx in tqdm(list(limit(jobs, args.max_questions)), desc="questions"):
             options = get_options(row)
             chars = list(ALL_OPTIONS[:len(options)])

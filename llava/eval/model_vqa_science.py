@@ -57,9 +57,7 @@ def eval_model(args) -> str:
     questions = get_chunk(load_questions(args.question_file), args.num_chunks, args.chunk_idx)
     em = EvalModel.load(args)
     with AnswerWriter(args.answers_file, question_key, em.settings) as writer:
-        todo = [q for q in questions if not writer.done(str(q["id"]))]
-        if writer.n_existing:
-            print(f"[eval] {args.answers_file}: {writer.n_existing} answers kept, {len(todo)} to go", flush=True)
+        todo = writer.pending(questions, lambda q: str(q["id"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
             qs = question_text(line, args.question_file)
             shown = qs
