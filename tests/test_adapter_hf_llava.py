@@ -14,8 +14,12 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners, registry
+from holov_patches import PruningConfig, list_pruners
 from holov_patches.apply import ADAPTERS
+
+from adapter_helpers import (assert_decode_matches_masked_model, assert_kept_columns_match, generate_or_skip,
+                             lm_inputs, masked_reference, pruned_generate_and_forward, scratch_registry,
+                             tiny_clip_and_llama, topk_raster)
 
 IMAGE = 100  # image token id
 N = 16  # 56 / 14 = 4 x 4 patches per image
@@ -24,13 +28,10 @@ PAD = 0
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=56, patch_size=14, projection_dim=32)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=128, max_position_embeddings=256, pad_token_id=PAD)
+    vision, text = tiny_clip_and_llama(max_position_embeddings=256, pad_token_id=PAD)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, vision_feature_layer=-2,
                       vision_feature_select_strategy="default")
     return LlavaForConditionalGeneration(cfg).eval()
@@ -51,13 +52,6 @@ def two_image_inputs():
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(2, 3, 56, 56))
 
 
-def topk_raster(tokens, cls_attn, keep, *, grid=None):
-    """Test pruner: top-K by signal, kept in raster order (K >= N keeps all)."""
-    keep = min(keep, tokens.shape[1])
-    index = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values  # [B, K]
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[2])), index
-
-
 def topk_descending(tokens, cls_attn, keep, *, grid=None):
     """Test pruner: top-K in descending-signal order (positions out of order, like faithful HoloV)."""
     index = cls_attn.topk(keep, dim=1).indices
@@ -74,28 +68,7 @@ def topk_with_pad(tokens, cls_attn, keep, *, grid=None):
 @pytest.fixture
 def scratch(monkeypatch):
     """Register test pruners for this test only (removed again by monkeypatch)."""
-    calls = []
-
-    def register(name, fn):
-        def recorded(tokens, cls_attn, keep, *, grid=None, **options):
-            calls.append(dict(tokens=tokens, cls_attn=cls_attn, keep=keep, grid=grid))
-            return fn(tokens, cls_attn, keep, grid=grid)
-
-        monkeypatch.setitem(registry._REGISTRY, name, registry.PrunerEntry(name, recorded, "pre_llm", "test"))
-        return name
-
-    register.calls = calls
-    return register
-
-
-def lm_inputs(model):
-    """Capture what the language model receives (inputs_embeds, position_ids, attention_mask)."""
-    seen = []
-
-    def hook(_module, args, kwargs):
-        seen.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
-
-    return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    return scratch_registry(monkeypatch)
 
 
 @torch.no_grad()
@@ -150,15 +123,8 @@ def test_keep_all_tokens_is_bit_identical(model, scratch):
 def test_every_method_shrinks_the_prefill_by_the_pruned_count(model, method):
     inputs = two_image_inputs()
     keep = 5
-    seen, hook = lm_inputs(model)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=method, keep=keep)):
-            try:
-                out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
-            except NotImplementedError:
-                pytest.skip(f"{method} is still a placeholder")
-    finally:
-        hook.remove()
+    with lm_inputs(model) as seen, holov_patches.apply(model, PruningConfig(method=method, keep=keep)):
+        out = generate_or_skip(model, method, inputs, pad=PAD)
     length = inputs["input_ids"].shape[1]
     assert seen[0]["inputs_embeds"].shape[1] == length - 2 * (N - keep)
     assert all(step["inputs_embeds"].shape[1] == 1 for step in seen[1:])
@@ -169,13 +135,10 @@ def test_every_method_shrinks_the_prefill_by_the_pruned_count(model, method):
 def test_kept_tokens_keep_their_original_positions(model, scratch):
     inputs = batch_inputs()
     keep = 5
-    seen, hook = lm_inputs(model)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=scratch("t_desc", topk_descending), keep=keep)) as handle:
-            model(**inputs)
-            record = handle.last_prefill
-    finally:
-        hook.remove()
+    config = PruningConfig(method=scratch("t_desc", topk_descending), keep=keep)
+    with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
+        model(**inputs)
+        record = handle.last_prefill
     features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
     positions, embeds = seen[0]["position_ids"], seen[0]["inputs_embeds"]
     assert torch.equal(positions, record.position_ids)
@@ -192,15 +155,6 @@ def test_kept_tokens_keep_their_original_positions(model, scratch):
     assert record.num_pruned == 2 * (N - keep)
 
 
-def masked_reference(inputs, record):
-    """The attention mask that hides the pruned image tokens from the FULL sequence."""
-    mask = inputs["attention_mask"].clone()
-    kept = torch.zeros_like(mask, dtype=torch.bool)
-    kept.scatter_(1, record.source.clamp(min=0), record.source >= 0)
-    mask[(inputs["input_ids"] == IMAGE) & ~kept] = 0
-    return mask
-
-
 def uneven_inputs():
     """Row 0 has two images, row 1 one image and left padding: the rows lose different counts."""
     torch.manual_seed(3)
@@ -214,29 +168,16 @@ def uneven_inputs():
 def test_pruned_run_equals_masked_full_model_prefill_and_decode(model, scratch, make_inputs):
     inputs = make_inputs()
     steps = 3
-    with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), keep=5)) as handle:
-        out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, pad_token_id=PAD,
-                             output_logits=True, return_dict_in_generate=True)
-        record = handle.last_prefill
-        prefill_logits = model(**inputs).logits
-        forward_record = handle.last_prefill
+    config = PruningConfig(method=scratch("t_topk", topk_raster), keep=5)
+    out, record, prefill_logits, forward_record = pruned_generate_and_forward(model, config, inputs, pad=PAD,
+                                                                              steps=steps)
     # generate's positions: cumsum of the mask (left pads at 0), continued by +1 per new token
     positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    mask = masked_reference(inputs, record)
-    length = inputs["input_ids"].shape[1]
-    for step in range(steps):
-        ids = out.sequences[:, :length + step]
-        step_mask = torch.cat([mask, torch.ones(2, step, dtype=torch.long)], 1)
-        step_pos = torch.cat([positions, positions[:, -1:] + torch.arange(1, step + 1)], 1)
-        ref = model(input_ids=ids, pixel_values=inputs["pixel_values"], attention_mask=step_mask,
-                    position_ids=step_pos, use_cache=False).logits[:, -1]
-        assert torch.allclose(out.logits[step], ref, atol=1e-5), step
+    mask = masked_reference(inputs, record, IMAGE)
+    assert_decode_matches_masked_model(model, out, inputs, mask, positions, steps=steps, image_keys=("pixel_values",))
     # plain forward (positions 0..L-1): logits at every kept column equal the masked full model's
-    ref = model(**{**inputs, "attention_mask": masked_reference(inputs, forward_record)}).logits
-    valid = forward_record.source >= 0
-    gathered = ref.gather(1, forward_record.source.clamp(min=0)[..., None].expand(-1, -1, ref.shape[-1]))
-    real = valid & (torch.gather(inputs["attention_mask"], 1, forward_record.source.clamp(min=0)) > 0)
-    assert torch.allclose(prefill_logits[real], gathered[real], atol=1e-5)
+    ref = model(**{**inputs, "attention_mask": masked_reference(inputs, forward_record, IMAGE)}).logits
+    assert_kept_columns_match(prefill_logits, ref, forward_record.source, inputs["attention_mask"])
 
 
 @torch.no_grad()
@@ -261,13 +202,10 @@ def test_pruner_gets_cls_attention_of_the_selected_layer_and_the_grid(model, scr
 def test_zero_pads_and_labels_stay_consistent(model, scratch):
     inputs = batch_inputs()
     labels = torch.where(inputs["input_ids"] == IMAGE, -100, inputs["input_ids"])
-    seen, hook = lm_inputs(model)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=scratch("t_pad", topk_with_pad), keep=4)) as handle:
-            out = model(**inputs, labels=labels)
-            record = handle.last_prefill
-    finally:
-        hook.remove()
+    config = PruningConfig(method=scratch("t_pad", topk_with_pad), keep=4)
+    with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
+        out = model(**inputs, labels=labels)
+        record = handle.last_prefill
     assert torch.isfinite(out.loss)
     embeds, positions = seen[0]["inputs_embeds"], seen[0]["position_ids"]
     for b in range(2):
@@ -281,13 +219,10 @@ def test_zero_pads_and_labels_stay_consistent(model, scratch):
 def test_rows_losing_different_counts_are_left_padded(model, scratch):
     inputs = uneven_inputs()
     ids = inputs["input_ids"]
-    seen, hook = lm_inputs(model)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), keep=6)) as handle:
-            out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
-            record = handle.last_prefill
-    finally:
-        hook.remove()
+    config = PruningConfig(method=scratch("t_topk", topk_raster), keep=6)
+    with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
+        record = handle.last_prefill
     # row 0 loses 2 * 10 tokens, row 1 loses 10: both end at 1 + 6 + 1 + 6 + 1 = 15 real tokens after pruning
     assert record.source.shape == (2, ids.shape[1] - 10)
     mask = seen[0]["attention_mask"]

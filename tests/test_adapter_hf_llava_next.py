@@ -15,7 +15,11 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners, registry
+from holov_patches import PruningConfig, list_pruners
+
+from adapter_helpers import (assert_decode_matches_masked_model, assert_keep_all_and_removed_are_bit_identical,
+                             generate_or_skip, image_runs, left_padded_prompts, lm_inputs, masked_reference,
+                             pruned_generate_and_forward, scratch_registry, tiny_clip_and_llama, topk_raster)
 
 IMAGE = 100
 PAD = 0
@@ -27,13 +31,10 @@ RUNS = {(50, 100): 16 + 4 * 9, (30, 112): 16 + 2 * 9, (100, 90): 16 + 8 * 9}
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
     torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=56, patch_size=14, projection_dim=32)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=128, max_position_embeddings=512, pad_token_id=PAD)
+    vision, text = tiny_clip_and_llama(max_position_embeddings=512, pad_token_id=PAD)
     cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, vision_feature_layer=-2,
                           vision_feature_select_strategy="default",
                           image_grid_pinpoints=[[56, 112], [112, 56], [112, 112]])
@@ -43,65 +44,25 @@ def model():
 def make_inputs(rows, seed=1):
     """rows: list of lists of image sizes; one prompt per row, left-padded to a common length."""
     torch.manual_seed(seed)
-    seqs, sizes = [], []
-    for r, images in enumerate(rows):
-        seq = [1, 5 + r]
-        for size in images:
-            seq += [IMAGE] * RUNS[size] + [7]
-            sizes.append(size)
-        seqs.append(seq + [9])
-    length = max(len(s) for s in seqs)
-    ids = torch.tensor([[PAD] * (length - len(s)) + s for s in seqs])
+    ids = left_padded_prompts(rows, lambda size: [IMAGE] * RUNS[size], PAD)
+    sizes = [size for images in rows for size in images]
     pixel_values = torch.randn(len(sizes), 5, 3, 56, 56)  # 5 = most crops any image uses (2 x 2 + base)
     return dict(input_ids=ids, attention_mask=(ids != PAD).long(), pixel_values=pixel_values,
                 image_sizes=torch.tensor(sizes))
 
 
-def topk_raster(tokens, cls_attn, keep, *, grid=None):
-    keep = min(keep, tokens.shape[1])
-    index = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[2])), index
-
-
 @pytest.fixture
 def scratch(monkeypatch):
-    calls = []
-
-    def register(name, fn):
-        def recorded(tokens, cls_attn, keep, *, grid=None, **options):
-            calls.append(dict(tokens=tokens, cls_attn=cls_attn, keep=keep, grid=grid))
-            return fn(tokens, cls_attn, keep, grid=grid)
-
-        monkeypatch.setitem(registry._REGISTRY, name, registry.PrunerEntry(name, recorded, "pre_llm", "test"))
-        return name
-
-    register.calls = calls
-    return register
-
-
-def run_starts(ids):
-    """(row, first column) of every image run, in row-major order."""
-    starts = []
-    for b, row in enumerate(ids.tolist()):
-        for j, tok in enumerate(row):
-            if tok == IMAGE and (j == 0 or row[j - 1] != IMAGE):
-                starts.append((b, j))
-    return starts
+    """Register test pruners for this test only (removed again by monkeypatch)."""
+    return scratch_registry(monkeypatch)
 
 
 @torch.no_grad()
 def test_off_removed_and_keep_all_are_bit_identical(model, scratch):
     inputs = make_inputs([[(50, 100)], [(100, 90)]])
-    logits = model(**inputs).logits
-    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
-    with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), keep=1000, mode="improved")):
-        assert torch.equal(model(**inputs).logits, logits)
-        assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD), generated)
-    with holov_patches.apply(model, PruningConfig(method="cls_topk", keep=8)):
-        assert model(**inputs).logits.shape[1] < logits.shape[1]
-    assert "forward" not in model.__dict__ and "get_image_features" not in model.model.__dict__
-    assert torch.equal(model(**inputs).logits, logits)
-    assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD), generated)
+    keep_all = PruningConfig(method=scratch("t_topk", topk_raster), keep=1000, mode="improved")
+    assert_keep_all_and_removed_are_bit_identical(model, inputs, keep_all, PruningConfig(method="cls_topk", keep=8),
+                                                  pad=PAD)
 
 
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
@@ -110,15 +71,10 @@ def test_newlines_and_budget_per_mode(model, scratch, mode):
     sizes = [(50, 100), (30, 112)]
     inputs = make_inputs([sizes])
     ratio = 0.5
-    seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), ratio=ratio, mode=mode)) as h:
-            model(**inputs)
-            record = h.last_prefill
-    finally:
-        hook.remove()
+    config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=ratio, mode=mode)
+    with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
+        model(**inputs)
+        record = handle.last_prefill
     width = 8 + 1  # high-res row: 8 tokens and its newline
     lines_kept = 0
     for offsets, rows in zip(record.kept_offsets, (4, 2)):
@@ -135,7 +91,8 @@ def test_newlines_and_budget_per_mode(model, scratch, mode):
         assert torch.equal(torch.unique((offsets[is_line] - PATCHES) // width), kept_rows)
         assert 0 < kept_rows.numel() <= rows
     newline = model.model.image_newline
-    is_newline_vector = torch.isclose(seen[0][0], newline, atol=1e-6).all(dim=-1)  # [L'] rows the LLM sees
+    embeds = seen[0]["inputs_embeds"][0]  # [L', D] what the LLM sees for row 0
+    is_newline_vector = torch.isclose(embeds, newline, atol=1e-6).all(dim=-1)  # [L']
     assert int(is_newline_vector.sum()) == lines_kept
     assert (lines_kept == 0) == (mode == "faithful")
 
@@ -183,28 +140,16 @@ def test_high_res_signal_follows_the_stitched_unpadded_layout(model, scratch):
 def test_positions_are_original_and_pruned_run_equals_masked_full_model(model, scratch):
     inputs = make_inputs([[(50, 100)], [(100, 90)]])
     steps = 3
-    with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6,
-                                                  mode="improved")) as handle:
-        model(**inputs)
-        plain = handle.last_prefill
-        out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, pad_token_id=PAD,
-                             output_logits=True, return_dict_in_generate=True)
-        record = handle.last_prefill
-    for (b, start), offsets, size in zip(run_starts(inputs["input_ids"]), plain.kept_offsets, [(50, 100), (100, 90)]):
+    config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6, mode="improved")
+    out, record, _, plain = pruned_generate_and_forward(model, config, inputs, pad=PAD, steps=steps)
+    for (b, start, _), offsets, size in zip(image_runs(inputs["input_ids"], IMAGE), plain.kept_offsets,
+                                            [(50, 100), (100, 90)]):
         slots = (plain.source[b] >= start) & (plain.source[b] < start + RUNS[size])  # this image's kept slots
         assert torch.equal(plain.position_ids[b, slots], start + offsets)  # plain forward: positions 0..L-1
-    kept = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
-    kept.scatter_(1, record.source.clamp(min=0), record.source >= 0)
-    mask = inputs["attention_mask"].clone()
-    mask[(inputs["input_ids"] == IMAGE) & ~kept] = 0
+    mask = masked_reference(inputs, record, IMAGE)
     positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # generate's positions
-    length = inputs["input_ids"].shape[1]
-    for step in range(steps):
-        ref = model(input_ids=out.sequences[:, :length + step], pixel_values=inputs["pixel_values"],
-                    image_sizes=inputs["image_sizes"], use_cache=False,
-                    attention_mask=torch.cat([mask, torch.ones(2, step, dtype=torch.long)], 1),
-                    position_ids=torch.cat([positions, positions[:, -1:] + torch.arange(1, step + 1)], 1)).logits[:, -1]
-        assert torch.allclose(out.logits[step], ref, atol=1e-5), step
+    assert_decode_matches_masked_model(model, out, inputs, mask, positions, steps=steps,
+                                       image_keys=("pixel_values", "image_sizes"))
 
 
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
@@ -212,20 +157,13 @@ def test_positions_are_original_and_pruned_run_equals_masked_full_model(model, s
 @torch.no_grad()
 def test_every_method_generates_with_two_images_and_batch_two(model, method, mode):
     inputs = make_inputs([[(50, 100), (30, 112)], [(100, 90)]])
-    seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=method, ratio=0.75, mode=mode)) as handle:
-            try:
-                out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
-            except NotImplementedError:
-                pytest.skip(f"{method} is still a placeholder")
-            record = handle.last_prefill
-    finally:
-        hook.remove()
+    config = PruningConfig(method=method, ratio=0.75, mode=mode)
+    with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
+        out = generate_or_skip(model, method, inputs, pad=PAD)
+        record = handle.last_prefill
+    lengths = [step["inputs_embeds"].shape[1] for step in seen]  # prefill, then one per decode step
     length = inputs["input_ids"].shape[1]
     lost = length - (record.source >= 0).sum(dim=1)  # per row
-    assert seen[0] == length - int(lost.min()) and seen[1:] == [1, 1]
+    assert lengths[0] == length - int(lost.min()) and lengths[1:] == [1, 1]
     assert int(lost.sum()) == record.num_pruned > 0
     assert out.shape == (2, length + 3) and torch.equal(out[:, :length], inputs["input_ids"])

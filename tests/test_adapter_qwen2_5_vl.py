@@ -16,7 +16,11 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners, registry
+from holov_patches import PruningConfig, list_pruners
+
+from adapter_helpers import (assert_decode_matches_masked_model, assert_keep_all_and_removed_are_bit_identical,
+                             assert_kept_columns_match, generate_or_skip, image_runs, left_padded_prompts, lm_inputs,
+                             masked_reference, pruned_generate_and_forward, scratch_registry, topk_raster)
 
 PAD, START, END, IMAGE, VIDEO = 0, 148, 149, 150, 151
 GRIDS = [(1, 8, 12), (1, 6, 4)]  # (t, h, w) patches -> merged 4 x 6 and 3 x 2
@@ -45,72 +49,24 @@ def model():
 def make_inputs(rows, seed=1):
     """rows: list of lists of grids (t, h, w); one prompt per row, left-padded."""
     torch.manual_seed(seed)
-    seqs, grids = [], []
-    for r, images in enumerate(rows):
-        seq = [1, 5 + r]
-        for grid in images:
-            seq += [START] + [IMAGE] * (grid[1] * grid[2] // 4) + [END, 7]
-            grids.append(grid)
-        seqs.append(seq + [9])
-    length = max(len(s) for s in seqs)
-    ids = torch.tensor([[PAD] * (length - len(s)) + s for s in seqs])
-    grid_thw = torch.tensor(grids)
+    ids = left_padded_prompts(rows, lambda grid: [START] + [IMAGE] * (grid[1] * grid[2] // 4) + [END], PAD)
+    grid_thw = torch.tensor([grid for images in rows for grid in images])  # [images, 3] (t, h, w)
     return dict(input_ids=ids, attention_mask=(ids != PAD).long(), mm_token_type_ids=(ids == IMAGE).long(),
                 image_grid_thw=grid_thw, pixel_values=torch.randn(int(grid_thw.prod(-1).sum()), 3 * 2 * 14 * 14))
 
 
-def topk_raster(tokens, cls_attn, keep, *, grid=None):
-    keep = min(keep, tokens.shape[1])
-    index = cls_attn.topk(keep, dim=1).indices.sort(dim=1).values
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[2])), index
-
-
 @pytest.fixture
 def scratch(monkeypatch):
-    calls = []
-
-    def register(name, fn):
-        def recorded(tokens, cls_attn, keep, *, grid=None, **options):
-            calls.append(dict(tokens=tokens, cls_attn=cls_attn, keep=keep, grid=grid))
-            return fn(tokens, cls_attn, keep, grid=grid)
-
-        monkeypatch.setitem(registry._REGISTRY, name, registry.PrunerEntry(name, recorded, "pre_llm", "test"))
-        return name
-
-    register.calls = calls
-    return register
-
-
-def image_runs(ids):
-    """(row, first column, length) of every image run, row-major."""
-    runs = []
-    for b, row in enumerate(ids.tolist()):
-        j = 0
-        while j < len(row):
-            if row[j] == IMAGE:
-                k = j
-                while k < len(row) and row[k] == IMAGE:
-                    k += 1
-                runs.append((b, j, k - j))
-                j = k
-            else:
-                j += 1
-    return runs
+    """Register test pruners for this test only (removed again by monkeypatch)."""
+    return scratch_registry(monkeypatch)
 
 
 @torch.no_grad()
 def test_off_removed_and_keep_all_are_bit_identical(model, scratch):
     inputs = make_inputs([GRIDS, [(1, 4, 4)]])
-    logits = model(**inputs).logits
-    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
-    with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), keep=1000)):
-        assert torch.equal(model(**inputs).logits, logits)
-        assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD), generated)
-    with holov_patches.apply(model, PruningConfig(method="cls_topk", keep=2)):
-        assert model(**inputs).logits.shape[1] < logits.shape[1]
-    assert "forward" not in model.__dict__ and "get_image_features" not in model.model.__dict__
-    assert torch.equal(model(**inputs).logits, logits)
-    assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD), generated)
+    keep_all = PruningConfig(method=scratch("t_topk", topk_raster), keep=1000)
+    assert_keep_all_and_removed_are_bit_identical(model, inputs, keep_all, PruningConfig(method="cls_topk", keep=2),
+                                                  pad=PAD)
 
 
 @torch.no_grad()
@@ -190,7 +146,7 @@ def test_kept_tokens_keep_their_3d_rope_positions(model, scratch):
     valid = record.source >= 0
     gathered = reference.gather(2, record.source.clamp(min=0).expand(3, -1, -1))
     assert torch.equal(positions[:, valid], gathered[:, valid])  # every kept column keeps its position
-    for (b, start, n), offsets, (_, _, w) in zip(image_runs(inputs["input_ids"]), record.kept_offsets,
+    for (b, start, n), offsets, (_, _, w) in zip(image_runs(inputs["input_ids"], IMAGE), record.kept_offsets,
                                                  GRIDS + [(1, 4, 4)]):
         slots = (record.source[b] >= start) & (record.source[b] < start + n)  # this image's kept slots
         assert torch.equal(record.source[b, slots] - start, offsets)
@@ -205,52 +161,29 @@ def test_kept_tokens_keep_their_3d_rope_positions(model, scratch):
 def test_pruned_run_equals_masked_full_model_prefill_and_decode(model, scratch):
     inputs = make_inputs([GRIDS, [(1, 4, 4)]])
     steps = 3
-    with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6)) as handle:
-        out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, pad_token_id=PAD,
-                             output_logits=True, return_dict_in_generate=True)
-        record = handle.last_prefill
-        prefill = model(**inputs).logits
-        plain = handle.last_prefill
-    kept = torch.zeros_like(inputs["attention_mask"], dtype=torch.bool)
-    kept.scatter_(1, record.source.clamp(min=0), record.source >= 0)
-    mask = inputs["attention_mask"].clone()
-    mask[(inputs["input_ids"] == IMAGE) & ~kept] = 0
+    config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6)
+    out, record, prefill, plain = pruned_generate_and_forward(model, config, inputs, pad=PAD, steps=steps)
+    mask = masked_reference(inputs, record, IMAGE)
     positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                               image_grid_thw=inputs["image_grid_thw"],
                                               attention_mask=inputs["attention_mask"])
-    length = inputs["input_ids"].shape[1]
-    for step in range(steps):
-        ids = out.sequences[:, :length + step]
-        ref = model(input_ids=ids, pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
-                    mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"], torch.zeros(2, step, dtype=torch.long)], 1),
-                    attention_mask=torch.cat([mask, torch.ones(2, step, dtype=torch.long)], 1), use_cache=False,
-                    position_ids=torch.cat([positions, positions[..., -1:] + torch.arange(1, step + 1)], -1)).logits[:, -1]
-        assert torch.allclose(out.logits[step], ref, atol=1e-5), step
+    assert_decode_matches_masked_model(model, out, inputs, mask, positions, steps=steps,
+                                       image_keys=("pixel_values", "image_grid_thw"), grown_keys=("mm_token_type_ids",))
     ref = model(**{**inputs, "attention_mask": mask, "position_ids": positions}).logits
-    real = (plain.source >= 0) & (inputs["attention_mask"].gather(1, plain.source.clamp(min=0)) > 0)
-    gathered = ref.gather(1, plain.source.clamp(min=0)[..., None].expand(-1, -1, ref.shape[-1]))
     assert torch.equal(plain.source, record.source)
-    assert torch.allclose(prefill[real], gathered[real], atol=1e-5)
+    assert_kept_columns_match(prefill, ref, plain.source, inputs["attention_mask"])
 
 
 @pytest.mark.parametrize("method", list_pruners(stage="pre_llm"))
 @torch.no_grad()
 def test_every_method_generates_with_two_images_and_batch_two(model, method):
     inputs = make_inputs([GRIDS, [(1, 4, 4)]])
-    seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
-    try:
-        with holov_patches.apply(model, PruningConfig(method=method, ratio=0.5)) as handle:
-            try:
-                out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
-            except NotImplementedError:
-                pytest.skip(f"{method} is still a placeholder")
-            record = handle.last_prefill
-    finally:
-        hook.remove()
+    with lm_inputs(model) as seen, holov_patches.apply(model, PruningConfig(method=method, ratio=0.5)) as handle:
+        out = generate_or_skip(model, method, inputs, pad=PAD)
+        record = handle.last_prefill
+    lengths = [step["inputs_embeds"].shape[1] for step in seen]  # prefill, then one per decode step
     length = inputs["input_ids"].shape[1]
     lost = length - (record.source >= 0).sum(dim=1)
     assert lost.tolist() == [12 + 3, 2]  # images of 24, 6 and 4 merged tokens keep 12, 3 and 2
-    assert seen[0] == length - 2 and seen[1:] == [1, 1]  # rows padded to the longest pruned row
+    assert lengths[0] == length - 2 and lengths[1:] == [1, 1]  # rows padded to the longest pruned row
     assert out.shape == (2, length + 3) and torch.equal(out[:, :length], inputs["input_ids"])
