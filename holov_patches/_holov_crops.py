@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class CropTable:
     sizes: torch.Tensor       # [C] int64 tokens per crop, all >= 1
     sizes_f: torch.Tensor     # [C] float32 sizes
     contiguous: bool          # slots are exactly tokens 0..N-1 in order: a view replaces the gather
+    blocks: Optional[Tuple[int, int, int, int]] = None  # (g_rows, h, g_cols, w) when every crop is an h x w block
 
     @property
     def num_crops(self) -> int:
@@ -38,7 +39,7 @@ class CropTable:
 
 
 def _to_table(slot_index: np.ndarray, valid: np.ndarray, sizes: np.ndarray, contiguous: bool,
-              device: torch.device) -> CropTable:
+              device: torch.device, blocks: Optional[Tuple[int, int, int, int]] = None) -> CropTable:
     width = valid.shape[1]
     pair = valid[:, :, None] & valid[:, None, :] & ~np.eye(width, dtype=bool)[None]    # [C, n_max, n_max]
 
@@ -47,7 +48,8 @@ def _to_table(slot_index: np.ndarray, valid: np.ndarray, sizes: np.ndarray, cont
 
     return CropTable(slot_index=put(slot_index, torch.int64), valid=put(valid, torch.bool),
                      valid_f=put(valid, torch.float32), pair=put(pair, torch.float32),
-                     sizes=put(sizes, torch.int64), sizes_f=put(sizes, torch.float32), contiguous=contiguous)
+                     sizes=put(sizes, torch.int64), sizes_f=put(sizes, torch.float32), contiguous=contiguous,
+                     blocks=blocks)
 
 
 def raster_chunks(num_tokens: int, num_crops: int, device: torch.device) -> CropTable:
@@ -104,4 +106,6 @@ def square_crops(grid: Tuple[int, int], num_crops: int, device: torch.device) ->
     slot_index = token.reshape(crops, h_max * w_max) * valid         # [C, n_max], pads -> 0
     sizes = (heights[:, None] * widths[None, :]).reshape(crops)      # [C]
     contiguous = g_cols == 1 and rows % g_rows == 0                  # full-width bands of equal height
-    return _to_table(slot_index, valid, sizes, contiguous, device)
+    even = rows % g_rows == 0 and cols % g_cols == 0                 # equal blocks: a permute replaces the gather
+    blocks = (g_rows, rows // g_rows, g_cols, cols // g_cols) if even else None
+    return _to_table(slot_index, valid, sizes, contiguous, device, blocks)

@@ -37,6 +37,11 @@ def _to_slots(values: torch.Tensor, table: CropTable) -> torch.Tensor:
     batch, rest = values.shape[0], values.shape[2:]
     if table.contiguous:
         return values.view(batch, table.num_crops, table.width, *rest)
+    if table.blocks is not None:
+        # Equal h x w blocks: one strided copy, about twice as fast on CPU as an index gather.
+        g_rows, h, g_cols, w = table.blocks
+        blocks = values.view(batch, g_rows, h, g_cols, w, *rest).transpose(2, 3)  # [B, g_rows, g_cols, h, w, ...]
+        return blocks.reshape(batch, g_rows * g_cols, h * w, *rest)
     return values[:, table.slot_index]                                # [B, C, n_max, ...]
 
 
