@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Callable, Dict
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the package is the repo's, not installed
     sys.path.insert(0, str(ROOT))
 
 from holov_patches.holov import prune  # noqa: E402
+from holov_patches.op_count import count_ops  # noqa: E402
 
 
 def _load_reference():
@@ -34,24 +34,6 @@ def _load_reference():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.reference_holov_loop
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every op that reaches the dispatcher (views included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_ops(fn: Callable[[], object]) -> int:
-    with OpCounter() as counter:
-        fn()
-    return counter.count
 
 
 def median_seconds(runners: Dict[str, Callable[[], object]], repeats: int,

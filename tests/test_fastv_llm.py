@@ -6,15 +6,8 @@ import torch
 from PIL import Image
 
 from holov_patches import PruningConfig
-from llava.conversation import get_conv_template
-from llava.mm_utils import process_images, tokenizer_image_token
-
-
-def _ids(tok, text="What is in the image?"):
-    conv = get_conv_template("vicuna_v1")
-    conv.append_message(conv.roles[0], "<image>\n" + text)
-    conv.append_message(conv.roles[1], None)
-    return tokenizer_image_token(conv.get_prompt(), tok, return_tensors="pt")
+from llava.mm_utils import process_images
+from llava_helpers import assert_batched_generate_matches_single, prompt_ids as _ids
 
 
 @pytest.fixture()
@@ -40,8 +33,6 @@ def test_keep_all_is_identical_and_hooks_are_removed(setup):
 def test_prefill_matches_a_manual_reference(setup):
     """Layers >= K run on the kept tokens only; the kept set is the top-K of the eager
     attention row of the last token in layer K-1, and positions keep their values."""
-    from transformers.models.llama.modeling_llama import create_causal_mask  # noqa: F401  (API presence)
-
     tok, model, px = setup
     ids = _ids(tok)[None]
     layer_k = 1
@@ -80,16 +71,7 @@ def test_prefill_matches_a_manual_reference(setup):
 def test_batched_padded_generate_matches_single(setup):
     tok, model, px = setup
     model.set_pruning(PruningConfig(method="fastv", ratio=0.5, options={"layer": 1}))
-    a, b = _ids(tok, "What?"), _ids(tok, "Describe the picture in great detail please.")
-    single = [model.generate(x[None], images=px[i:i + 1], do_sample=False, max_new_tokens=4, min_new_tokens=4,
-                             pad_token_id=0) for i, x in enumerate((a, b))]
-    ids = torch.nn.utils.rnn.pad_sequence([a, b], batch_first=True, padding_value=0)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[0, :len(a)] = True
-    mask[1, :len(b)] = True
-    batch = model.generate(ids, attention_mask=mask, images=px, do_sample=False, max_new_tokens=4, min_new_tokens=4,
-                           pad_token_id=0)
-    assert torch.equal(batch, torch.cat(single))
+    assert_batched_generate_matches_single(model, [_ids(tok, "What?"), _ids(tok, "Describe the picture in great detail please.")], px)
 
 
 def test_training_loss_uses_kept_positions_and_bad_layer_raises(setup):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from holov_patches.op_count import count_ops
 
 from holov_patches import PruningConfig, get_pruner, prune_visual_tokens
 from holov_patches._holov_crops import raster_chunks
@@ -304,27 +304,11 @@ def test_diversity_term_changes_the_choice_in_improved_mode():
 
 # ---- vectorisation -------------------------------------------------------------------
 
-class _OpCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _ops(fn):
-    with _OpCounter() as counter:
-        fn()
-    return counter.count
-
-
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
 def test_dispatches_20x_fewer_ops_than_the_loop_at_batch_8(mode):
     tokens, cls_attn = _inputs(19, 8, 576, 32, "softmax")
-    ours = _ops(lambda: prune(tokens, cls_attn, 64, mode=mode))
-    loop = _ops(lambda: reference(tokens, cls_attn, 64))
+    ours = count_ops(lambda: prune(tokens, cls_attn, 64, mode=mode))
+    loop = count_ops(lambda: reference(tokens, cls_attn, 64))
     assert loop >= 20 * ours, (ours, loop)
     tokens1, cls_attn1 = tokens[:1], cls_attn[:1]
-    assert _ops(lambda: prune(tokens1, cls_attn1, 64, mode=mode)) == ours  # independent of the batch size
+    assert count_ops(lambda: prune(tokens1, cls_attn1, 64, mode=mode)) == ours  # independent of the batch size

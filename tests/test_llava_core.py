@@ -12,23 +12,11 @@ import torch
 from PIL import Image
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava_helpers import assert_batched_generate_matches_single, prompt_ids as _prompt, random_pixels as _pixels, right_padded
 from llava.conversation import get_conv_template
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _prompt(tok, text, n_images=1, mode="vicuna_v1"):
-    conv = get_conv_template(mode)
-    conv.append_message(conv.roles[0], "<image>\n" * n_images + text)
-    conv.append_message(conv.roles[1], None)
-    return tokenizer_image_token(conv.get_prompt(), tok, return_tensors="pt")
-
-
-def _pixels(proc, cfg, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    imgs = [Image.fromarray((torch.rand(40 + 8 * i, 56, 3, generator=g) * 255).byte().numpy()) for i in range(n)]
-    return process_images(imgs, proc, cfg)
 
 
 def test_tokenizer_image_token_single_bos(tiny_llava):
@@ -59,17 +47,8 @@ def test_loads_original_format_and_generates_new_tokens_only(tiny_llava, tiny_ll
 
 def test_batched_generate_matches_single(tiny_llava):
     tok, model, proc, _ = tiny_llava
-    a, b = _prompt(tok, "What?"), _prompt(tok, "Describe the picture in great detail please.")
-    px = _pixels(proc, model.config, 2)
-    single = [model.generate(x[None], images=px[i:i + 1], do_sample=False, max_new_tokens=4, min_new_tokens=4,
-                             pad_token_id=0) for i, x in enumerate((a, b))]
-    ids = torch.nn.utils.rnn.pad_sequence([a, b], batch_first=True, padding_value=0)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[0, :len(a)] = True
-    mask[1, :len(b)] = True
-    batch = model.generate(ids, attention_mask=mask, images=px, do_sample=False, max_new_tokens=4, min_new_tokens=4,
-                           pad_token_id=0)
-    assert torch.equal(batch, torch.cat(single, dim=0))
+    rows = [_prompt(tok, "What?"), _prompt(tok, "Describe the picture in great detail please.")]
+    assert_batched_generate_matches_single(model, rows, _pixels(proc, model.config, 2))
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -77,10 +56,7 @@ def test_splice_batch_of_three_with_0_1_2_images(tiny_llava, side):
     tok, model, proc, _ = tiny_llava
     rows = [tok("USER: no image here ASSISTANT:", return_tensors="pt").input_ids[0],
             _prompt(tok, "one image", 1), _prompt(tok, "two images", 2)]
-    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        mask[i, :len(r)] = True
+    ids, mask = right_padded(rows)
     labels = ids.clone()
     px = _pixels(proc, model.config, 3)
     _, pos, new_mask, _, embeds, new_labels = model.prepare_inputs_labels_for_multimodal(

@@ -12,23 +12,9 @@ import torch
 from PIL import Image
 
 from holov_patches import PruningConfig
-from llava.conversation import get_conv_template
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava_helpers import prompt_ids as _ids, random_pixels as _pixels, right_padded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _ids(tok, text="What is in the image?", n_images=1):
-    conv = get_conv_template("vicuna_v1")
-    conv.append_message(conv.roles[0], "<image>\n" * n_images + text)
-    conv.append_message(conv.roles[1], None)
-    return tokenizer_image_token(conv.get_prompt(), tok, return_tensors="pt")
-
-
-def _pixels(proc, cfg, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    imgs = [Image.fromarray((torch.rand(48, 40 + 8 * i, 3, generator=g) * 255).byte().numpy()) for i in range(n)]
-    return process_images(imgs, proc, cfg)
 
 
 @pytest.fixture()
@@ -80,10 +66,7 @@ def test_keep_all_is_bit_identical_to_off(model_with):
 def test_batches_and_lists_of_images_are_pruned_per_image(model_with):
     tok, model, proc = model_with(PruningConfig(keep=64))
     rows = [_ids(tok, "one"), _ids(tok, "two images please", 2)]
-    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        mask[i, :len(r)] = True
+    ids, mask = right_padded(rows)
     px = _pixels(proc, model.config, 3)
     _, _, new_mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, None, px)
     assert new_mask.sum(1).tolist() == [len(rows[0]) - 1 + 64, len(rows[1]) - 2 + 128]
