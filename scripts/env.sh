@@ -44,4 +44,4 @@ if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; }; t
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 fi
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
