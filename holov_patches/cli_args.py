@@ -26,6 +26,10 @@ def add_pruning_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     group.add_argument("--holov-diversity-scale", "--holov_diversity_scale", dest="holov_diversity_scale",
                        choices=("crop", "image"), default=None,
                        help="improved mode: normalise the diversity term per 'crop' (default) or over the whole 'image'")
+    group.add_argument("--holov-position-ids", "--holov_position_ids", dest="holov_position_ids",
+                       choices=("compact", "original"), default=None,
+                       help="positions after pruning: 'compact' renumbering (authors) or each kept token's 'original' "
+                            "position (default: original for improved HoloV, compact otherwise)")
     group.add_argument("--prune-method", "--prune_method", dest="prune_method", default=None,
                        help="pruning method from the registry (holov, ...; 'none' turns pruning off)")
     return parser
@@ -39,4 +43,5 @@ def pruning_config_from_args(args: argparse.Namespace) -> Optional[PruningConfig
         method=getattr(args, "prune_method", None), alpha=getattr(args, "holov_alpha", None),
         crop_shape=getattr(args, "holov_crop_shape", None), rank_by=getattr(args, "holov_rank_by", None),
         diversity_scale=getattr(args, "holov_diversity_scale", None),
+        position_ids=getattr(args, "holov_position_ids", None),
     )

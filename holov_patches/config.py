@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 from holov_patches._holov_options import IMPROVED_OPTIONS, check_improved_option
 
 MODES = ("faithful", "improved")
+POSITION_IDS = ("compact", "original")
 OFF_METHODS = ("none", "off")
 ENV_VAR = "HOLOV_PRUNING"
 DEFAULT_KEEP = 64  # the paper's headline budget (88.9% of 576 pruned)
@@ -36,6 +37,7 @@ class PruningConfig:
     mode: str = field(default="faithful", metadata={"help": "HoloV mode: 'faithful' (authors' code) or 'improved'"})
     alpha: float = field(default=0.09, metadata={"help": "HoloV weight of the similarity-variance (diversity) term"})
     options: Dict[str, Any] = field(default_factory=dict, metadata={"help": "method-specific options passed to the pruner"})
+    position_ids: Optional[str] = field(default=None, metadata={"help": "positions of the tokens the LLM sees after pruning: 'compact' (renumbered 0..T'-1, as the authors' LLaVA code does) or 'original' (each kept token keeps the position it had before pruning; decoding continues from the unpruned length); None = 'original' for improved HoloV, 'compact' otherwise"})
     crop_shape: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: 'square' (g x g crops on the patch grid, g = round(sqrt(P)); the default) or 'raster' (the released code's 1-D runs); None = the mode's default"})
     rank_by: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: rank tokens inside a crop by 'combined' score a + alpha*scale*var (the default) or by raw 'attention' (as the released code); None = the mode's default"})
     diversity_scale: Optional[str] = field(default=None, metadata={"help": "HoloV improved mode only: take scale = mean|a| / mean|var| per 'crop' (the default, as the released code) or over the whole 'image', which lets diversity move the budget; None = the mode's default"})
@@ -62,6 +64,8 @@ class PruningConfig:
             raise ValueError(f"num_crops={self.num_crops!r} must be an integer >= 1 (or None for the default formula)")
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not one of {MODES}")
+        if self.position_ids is not None and self.position_ids not in POSITION_IDS:
+            raise ValueError(f"position_ids={self.position_ids!r} is not one of {POSITION_IDS} (or None for the default)")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha={self.alpha!r} must be a finite number >= 0")
         self.alpha = float(self.alpha)
@@ -96,6 +100,13 @@ class PruningConfig:
     def resolve_num_crops(self, num_tokens: int) -> int:
         return self.num_crops if self.num_crops is not None else default_num_crops(num_tokens, self.resolve_keep(num_tokens))
 
+    @property
+    def keeps_original_positions(self) -> bool:
+        """Whether kept tokens keep their pre-pruning position ids (see ``position_ids``)."""
+        if self.position_ids is not None:
+            return self.position_ids == "original"
+        return self.method == "holov" and self.mode == "improved"
+
     def pruner_kwargs(self) -> Dict[str, Any]:
         """Keyword options the registered pruner receives besides tokens, cls_attn, keep and grid."""
         kwargs = dict(self.options)
@@ -110,6 +121,7 @@ class PruningConfig:
         budget = f"keep={self.keep}" if self.keep is not None else f"ratio={self.ratio}"
         extra = f", mode={self.mode}, num_crops={self.num_crops or 'auto'}, alpha={self.alpha}" if self.method == "holov" else ""
         extra += "".join(f", {name}={getattr(self, name)}" for name in IMPROVED_OPTIONS if getattr(self, name) is not None)
+        extra += f", position_ids={self.position_ids}" if self.position_ids is not None else ""
         opts = f", options={self.options}" if self.options else ""
         return f"{self.method}({budget}{extra}{opts})"
 
@@ -150,11 +162,11 @@ class PruningConfig:
     @classmethod
     def from_flags(cls, tokens=None, ratio=None, crops=None, mode=None, method=None, alpha=None,
                    options: Optional[Mapping[str, Any]] = None, crop_shape=None, rank_by=None,
-                   diversity_scale=None) -> Optional["PruningConfig"]:
+                   diversity_scale=None, position_ids=None) -> Optional["PruningConfig"]:
         """Build from CLI-style flags; ``None`` when no flag was given (so env / saved config apply)."""
         given = {k: v for k, v in dict(keep=tokens, ratio=ratio, num_crops=crops, mode=mode, method=method, alpha=alpha,
-                                       crop_shape=crop_shape, rank_by=rank_by,
-                                       diversity_scale=diversity_scale).items() if v is not None}
+                                       crop_shape=crop_shape, rank_by=rank_by, diversity_scale=diversity_scale,
+                                       position_ids=position_ids).items() if v is not None}
         if not given and not options:
             return None
         return cls(**given, options=dict(options or {}))

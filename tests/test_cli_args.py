@@ -17,9 +17,10 @@ def test_no_flag_means_no_explicit_setting():
 
 def test_flags_map_to_fields():
     cfg = _parse(["--holov-tokens", "128", "--holov-crops", "8", "--holov-mode", "improved", "--holov-alpha", "0.2",
-                  "--holov-crop-shape", "raster", "--holov-rank-by", "attention", "--holov-diversity-scale", "image"])
+                  "--holov-crop-shape", "raster", "--holov-rank-by", "attention", "--holov-diversity-scale", "image",
+                  "--holov-position-ids", "compact"])
     assert cfg == PruningConfig(keep=128, num_crops=8, mode="improved", alpha=0.2, crop_shape="raster",
-                                rank_by="attention", diversity_scale="image")
+                                rank_by="attention", diversity_scale="image", position_ids="compact")
     assert _parse(["--prune_ratio", "0.889", "--prune_method", "cls_topk"]) == PruningConfig(method="cls_topk", ratio=0.889)
 
 

@@ -106,3 +106,24 @@ def test_mistral_backbone_llava_next_loads_prunes_and_generates(tmp_path):
                          min_new_tokens=3)
     assert out.shape == (1, 3)
     assert model.last_pruning.kept_index[0].shape[0] == round(model.last_pruning.num_tokens[0] * (1 - 0.889))
+
+
+def test_improved_positions_follow_the_unpruned_layout(next_model):
+    tok, model, proc = next_model
+    model.set_pruning(PruningConfig(ratio=0.889, mode="improved"))
+    img = IMAGES[0]
+    px = process_images([img], proc, model.config)
+    ids = _ids(tok)
+    _, pos, _, _, emb, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, [px[0]],
+                                                                       image_sizes=[img.size])
+    start = int((ids[0] == -200).nonzero())
+    h, w = _unpadded_hw(model, img.size)
+    span = 576 + h * (w + 1)
+    visual = emb.shape[1] - (ids.shape[1] - 1)
+    image_pos = pos[0, start:start + visual] - start
+    assert bool((image_pos[1:] > image_pos[:-1]).all()) and int(image_pos[-1]) < span
+    newline = model.get_model().image_newline
+    is_newline = (emb[0, start:start + visual] == newline).all(-1)
+    hi = image_pos[image_pos >= 576] - 576
+    assert bool(((hi % (w + 1)) == w).eq(is_newline[image_pos >= 576]).all())  # newlines sit at row ends
+    assert int(pos[0, start + visual]) == start + span  # the text after the image continues unpruned

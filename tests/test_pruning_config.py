@@ -11,6 +11,7 @@ from holov_patches import ENV_VAR, PruningConfig, resolve_pruning_config
 NON_DEFAULT = {
     "method": "holov", "keep": 128, "ratio": None, "num_crops": 9, "mode": "improved", "alpha": 0.5,
     "options": {"note": "x"}, "crop_shape": "raster", "rank_by": "attention", "diversity_scale": "image",
+    "position_ids": "compact",
 }
 
 

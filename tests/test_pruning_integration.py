@@ -131,3 +131,43 @@ def test_visualize_writes_picture(tiny_llava_path, tmp_path):
     assert "kept 64 of 576 visual tokens" in res.stdout
     img = Image.open(out)
     assert img.size == (24 * 20, 24 * 20)
+
+
+def test_improved_keeps_original_positions_and_decodes_from_the_unpruned_length(model_with):
+    tok, model, proc = model_with(PruningConfig(keep=64, mode="improved"))
+    ids = _ids(tok)[None]
+    px = _pixels(proc, model.config, 1)
+    _, pos, _, _, emb, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, px)
+    start = int((ids[0] == -200).nonzero())
+    index = model.last_pruning.kept_index[0]
+    assert torch.equal(pos[0, :start], torch.arange(start))
+    assert torch.equal(pos[0, start:start + 64], start + index)  # the kept tokens' own positions
+    text_after = ids.shape[1] - 1 - start
+    assert torch.equal(pos[0, start + 64:], start + 576 + torch.arange(text_after))  # as if nothing was pruned
+    # generate == a greedy loop that feeds those positions and continues at the unpruned length
+    out = model.generate(ids, images=px, do_sample=False, max_new_tokens=4, min_new_tokens=4)
+    lm = model.get_model()
+    with torch.no_grad():
+        step = lm(inputs_embeds=emb, position_ids=pos, use_cache=True)
+        cache = step.past_key_values if getattr(step, "past_key_values", None) is not None else step.cache
+        tokens = [model.lm_head(step.last_hidden_state[:, -1]).argmax(-1)]
+        for t in range(3):
+            step = lm(inputs_embeds=lm.embed_tokens(tokens[-1])[:, None], cache=cache, use_cache=True,
+                      position_ids=torch.tensor([[ids.shape[1] - 1 + 576 + t]]))
+            tokens.append(model.lm_head(step.last_hidden_state[:, -1]).argmax(-1))
+    assert torch.equal(out, torch.stack(tokens, dim=1))
+    # the positions matter: compact numbering gives other logits
+    original = model(input_ids=ids, images=px).logits
+    model.set_pruning(PruningConfig(keep=64, mode="improved", position_ids="compact"))
+    assert model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, px)[1] is None
+    assert not torch.allclose(model(input_ids=ids, images=px).logits, original)
+
+
+def test_faithful_and_baselines_renumber_positions_like_the_authors(model_with):
+    tok, model, proc = model_with(PruningConfig(keep=64))
+    assert not model.get_pruning().keeps_original_positions
+    ids = _ids(tok)[None]
+    assert model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, _pixels(proc, model.config, 1))[1] is None
+    assert PruningConfig(method="cls_topk", keep=64, position_ids="original").keeps_original_positions
+    with pytest.raises(ValueError, match="position_ids='gaps'"):
+        PruningConfig(keep=64, position_ids="gaps")

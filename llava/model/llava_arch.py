@@ -31,6 +31,42 @@ class PruningRecord:
     grids: List[Optional[Tuple[int, int]]]  # per image: (rows, cols) of the pruned token map, if 2-D
 
 
+@dataclass
+class ImageTokens:
+    """One image's tokens as the LLM receives them, and the position each had in the
+    image's unpruned span (``span`` embeddings, newlines included)."""
+    tokens: torch.Tensor  # [n, D]
+    offsets: torch.Tensor  # [n] int64 in [0, span)
+    span: int
+
+    @classmethod
+    def whole(cls, tokens: torch.Tensor) -> "ImageTokens":
+        return cls(tokens, torch.arange(tokens.shape[0], device=tokens.device), tokens.shape[0])
+
+    @classmethod
+    def kept(cls, tokens: torch.Tensor, index: torch.Tensor, span: int) -> "ImageTokens":
+        return cls(tokens, _offsets_in_span(index, None, span), span)
+
+
+def _span_with_newlines(num_tokens: int, newline_rows) -> int:
+    """Embeddings of an unpruned image: its tokens plus the newlines LLaVA-NeXT inserts."""
+    if newline_rows is None:
+        return num_tokens
+    _, height, _ = newline_rows
+    return num_tokens + (height if height > 0 else 1)
+
+
+def _offsets_in_span(index: torch.Tensor, newline_rows, span: int) -> torch.Tensor:
+    """Position in the unpruned span of each kept token (index into the newline-free token
+    list); a zero pad (index -1) takes the span's last position."""
+    offsets = index.clone()
+    if newline_rows is not None and newline_rows[1] > 0:
+        n_base, _, width = newline_rows
+        hi = index - n_base
+        offsets = torch.where(index >= n_base, n_base + (hi // width) * (width + 1) + hi % width, index)
+    return torch.where(index >= 0, offsets, torch.full_like(offsets, span - 1))
+
+
 class LlavaMetaModel:
     def __init__(self, config):
         super().__init__(config)
@@ -140,8 +176,9 @@ class LlavaMetaForCausalLM(ABC):
         """Run the registry's pruner on [M, N, D] features of M images sharing one layout."""
         return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid)
 
-    def _image_features(self, images, image_sizes) -> List[torch.Tensor]:
-        """Per image: [n_i, D] visual tokens, pruned when a pruning setting is active."""
+    def _image_features(self, images, image_sizes) -> List[ImageTokens]:
+        """Per image: its visual tokens (pruned when a pruning setting is active) and where
+        each one sat in the image's unpruned span."""
         cfg = self.get_pruning()
         if cfg is not None and cfg.stage != "pre_llm":
             cfg = None  # in-LLM methods (FastV) act inside the language model, not here
@@ -149,19 +186,18 @@ class LlavaMetaForCausalLM(ABC):
         side = tower.num_patches_per_side
         want_attn = cfg is not None
         record = PruningRecord([], [], []) if cfg is not None else None
+        self.last_pruning = record
 
         if not (isinstance(images, list) or images.ndim == 5):
             out = self.encode_images(images, with_cls_attn=want_attn)
             if cfg is None:
-                self.last_pruning = None
-                return list(out)
+                return [ImageTokens.whole(feat) for feat in out]
             feats, attn = out
             kept, index = self._prune(feats, attn, cfg, (side, side))
             record.kept_index.extend(index)
             record.num_tokens.extend([feats.shape[1]] * feats.shape[0])
             record.grids.extend([(side, side)] * feats.shape[0])
-            self.last_pruning = record
-            return list(kept)
+            return [ImageTokens.kept(k, i, feats.shape[1]) for k, i in zip(kept, index)]
 
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
         out = self.encode_images(torch.cat(images, dim=0), with_cls_attn=want_attn)
@@ -170,7 +206,7 @@ class LlavaMetaForCausalLM(ABC):
         per_image = list(torch.split(feats_all, split, dim=0))  # each [n_crops, N, D]
         per_attn = list(torch.split(attn_all, split, dim=0)) if want_attn else [None] * len(per_image)
         merge = getattr(self.config, "mm_patch_merge_type", "flat")
-        results: List[torch.Tensor] = []
+        results: List[ImageTokens] = []
         for idx, (feat, attn) in enumerate(zip(per_image, per_attn)):
             if merge == "flat" or feat.shape[0] == 1:
                 tokens = feat.flatten(0, 1)  # [n_crops * N, D]
@@ -185,20 +221,21 @@ class LlavaMetaForCausalLM(ABC):
             else:
                 raise ValueError(f"unexpected mm_patch_merge_type {merge!r}; accepted: 'flat', 'spatial', 'spatial_unpad'")
             if cfg is None:
-                results.append(self._with_newlines(tokens, newline_rows))
+                results.append(ImageTokens.whole(self._with_newlines(tokens, newline_rows)))
                 continue
+            span = _span_with_newlines(tokens.shape[0], newline_rows)
             if newline_rows is not None and newline_rows[1] > 0 and not (cfg.method == "holov" and cfg.mode == "faithful"):
-                kept_tokens, index = self._prune_anyres_2d(tokens, token_attn, cfg, newline_rows)
+                kept_tokens, index, offsets = self._prune_anyres_2d(tokens, token_attn, cfg, newline_rows)
             else:
                 # Faithful HoloV prunes base + high-res tokens as one raster and drops the
                 # newlines, as the authors' LLaVA-NeXT code does.
                 kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
                 kept_tokens, index = kept[0], index[0]
+                offsets = _offsets_in_span(index, newline_rows, span)
             record.kept_index.append(index)
             record.num_tokens.append(tokens.shape[0])
             record.grids.append(grid)
-            results.append(kept_tokens)
-        self.last_pruning = record
+            results.append(ImageTokens(kept_tokens, offsets, span))
         return results
 
     def _spatial_merge(self, feat, attn, image_size, merge: str, side: int):
@@ -228,7 +265,8 @@ class LlavaMetaForCausalLM(ABC):
         The image's budget K (from its own token count) is split between the two maps in
         proportion to their sizes; kept high-res tokens stay in raster order and every
         high-res row that keeps a token ends with image_newline, so the LLM still sees
-        the rows of the layout. Returns (tokens [K + rows kept, D], kept positions [K])."""
+        the rows of the layout. Returns (tokens [K + rows kept, D], kept positions [K] in the
+        newline-free token list, position of every returned embedding in the unpruned span)."""
         n_base, height, width = layout
         side = int(round(n_base ** 0.5))
         keep = cfg.resolve_keep(tokens.shape[0])
@@ -247,7 +285,12 @@ class LlavaMetaForCausalLM(ABC):
         out = hi_tokens.new_empty((hi_index.shape[0] + int(row_end.sum()), hi_tokens.shape[-1]))
         out[slot] = hi_tokens
         out[slot[row_end] + 1] = self.get_model().image_newline.to(device=out.device, dtype=out.dtype)
-        return torch.cat([kb[0], out], dim=0), torch.cat([ib[0], n_base + hi_index])
+        # positions in the unpruned layout, where row r's newline sits after its last column
+        positions = torch.empty(out.shape[0], dtype=torch.long, device=hi_index.device)
+        positions[slot] = n_base + row * (width + 1) + hi_index % width
+        positions[slot[row_end] + 1] = n_base + row[row_end] * (width + 1) + width
+        return (torch.cat([kb[0], out], dim=0), torch.cat([ib[0], n_base + hi_index]),
+                torch.cat([ib[0], positions]))
 
     def _with_newlines(self, tokens: torch.Tensor, newline_rows) -> torch.Tensor:
         """Insert image_newline after every row of the high-res map (LLaVA-NeXT layout)."""
@@ -279,39 +322,52 @@ class LlavaMetaForCausalLM(ABC):
         assignment = self._assign_images(ids_per_row, len(image_features))
         embed = self.get_model().embed_tokens
 
-        new_embeds, new_labels, new_visual = [], [], []
+        new_embeds, new_labels, new_visual, new_positions = [], [], [], []
         for row, (ids, labs) in enumerate(zip(ids_per_row, labels_per_row)):
             image_pos = torch.where(ids == IMAGE_TOKEN_INDEX)[0].tolist()
             bounds = [-1] + image_pos + [ids.shape[0]]
             text_ids = [ids[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
             text_labels = [labs[bounds[i] + 1:bounds[i + 1]] for i in range(len(bounds) - 1)]
             text_embeds = torch.split(embed(torch.cat(text_ids)), [t.shape[0] for t in text_ids], dim=0)
-            pieces, piece_labels, piece_visual = [], [], []
-            feats_for_row = [image_features[i] for i in assignment[row]]
+            pieces, piece_labels, piece_visual, piece_positions = [], [], [], []
+            images_for_row = [image_features[i] for i in assignment[row]]
+            start = 0  # position of the next embedding had nothing been pruned
             for i, text in enumerate(text_embeds):
                 pieces.append(text)
                 piece_labels.append(text_labels[i])
                 piece_visual.append(torch.zeros(text.shape[0], dtype=torch.bool, device=labs.device))
+                piece_positions.append(torch.arange(start, start + text.shape[0], device=labs.device))
+                start += text.shape[0]
                 if i < len(image_pos):
-                    feat = feats_for_row[i]
-                    pieces.append(feat.to(device=text.device, dtype=text.dtype))
-                    piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=labs.device, dtype=labs.dtype))
-                    piece_visual.append(torch.ones(feat.shape[0], dtype=torch.bool, device=labs.device))
-            if not image_pos and feats_for_row:
+                    image = images_for_row[i]
+                    n = image.tokens.shape[0]
+                    pieces.append(image.tokens.to(device=text.device, dtype=text.dtype))
+                    piece_labels.append(torch.full((n,), IGNORE_INDEX, device=labs.device, dtype=labs.dtype))
+                    piece_visual.append(torch.ones(n, dtype=torch.bool, device=labs.device))
+                    piece_positions.append(start + image.offsets.to(labs.device))
+                    start += image.span
+            if not image_pos and images_for_row:
                 # A dummy image for a text-only sample (LLaVA training convention): keep the
                 # projector in the graph with a zero-length slice.
-                pieces.append(feats_for_row[0][0:0].to(device=pieces[0].device, dtype=pieces[0].dtype))
+                pieces.append(images_for_row[0].tokens[0:0].to(device=pieces[0].device, dtype=pieces[0].dtype))
             new_embeds.append(torch.cat(pieces, dim=0))
             new_labels.append(torch.cat(piece_labels, dim=0))
             new_visual.append(torch.cat(piece_visual, dim=0))
+            new_positions.append(torch.cat(piece_positions, dim=0))
 
         max_len = getattr(self.config, "tokenizer_model_max_length", None)
         if max_len is not None:
             new_embeds = [x[:max_len] for x in new_embeds]
             new_labels = [x[:max_len] for x in new_labels]
             new_visual = [x[:max_len] for x in new_visual]
+            new_positions = [x[:max_len] for x in new_positions]
+        cfg = self.get_pruning()
+        original = cfg is not None and cfg.stage == "pre_llm" and cfg.keeps_original_positions
+        # Where decoding continues for each row: after the last position of its prompt.
+        self.next_positions = torch.stack([p[-1] + 1 for p in new_positions]) if original else None
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
-        out = self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask, side)
+        out = self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask, side,
+                              new_positions if original else None)
         fastv = self._fastv_hooks()
         if fastv is not None:
             fastv.arm(self._pad_flags(new_visual, out[4].shape[1], side))
@@ -349,7 +405,11 @@ class LlavaMetaForCausalLM(ABC):
             start += count
         return out
 
-    def _pad_batch(self, embeds, labels, past_key_values, given_labels, given_positions, given_mask, padding_side):
+    def _pad_batch(self, embeds, labels, past_key_values, given_labels, given_positions, given_mask, padding_side,
+                   row_positions: Optional[List[torch.Tensor]] = None):
+        """Pad the rows to one length. ``row_positions`` (original positions after pruning)
+        are returned as position_ids; otherwise each row counts 0..n-1, returned only when
+        position_ids were given, as LLaVA does."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r} is not one of ('left', 'right')")
         batch, max_len = len(embeds), max(x.shape[0] for x in embeds)
@@ -364,10 +424,10 @@ class LlavaMetaForCausalLM(ABC):
             out_embeds[i, sl] = emb
             out_labels[i, sl] = lab
             mask[i, sl] = True
-            positions[i, sl] = torch.arange(n, dtype=torch.long, device=ref.device)
+            positions[i, sl] = row_positions[i] if row_positions is not None else torch.arange(n, device=ref.device)
         needs_mask = given_mask is not None or any(x.shape[0] != max_len for x in embeds)
         return (None,
-                positions if given_positions is not None else None,
+                positions if given_positions is not None or row_positions is not None else None,
                 (mask.to(given_mask.dtype) if given_mask is not None else mask) if needs_mask else None,
                 past_key_values,
                 out_embeds,

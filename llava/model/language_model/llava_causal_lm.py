@@ -60,20 +60,50 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
             raise ValueError("generate needs input_ids")
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)
+        decode_positions = None
         if images is not None:
-            _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
+            _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
                 inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left")
+            if getattr(self, "next_positions", None) is not None:  # pruned with original positions
+                decode_positions = (position_ids, self.next_positions, inputs_embeds.shape[1])
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        self._holov_decode_positions = decode_positions
+        try:
+            return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._holov_decode_positions = None
+
+    def _original_position_ids(self, inputs) -> Optional[torch.Tensor]:
+        """Position ids when pruned tokens keep their original positions: the prompt's own
+        (with gaps) at the prefill, then counting on from each row's unpruned length."""
+        state = getattr(self, "_holov_decode_positions", None)
+        if state is None:
+            return None
+        prompt_positions, next_positions, prompt_len = state
+        if inputs.get("inputs_embeds") is not None:
+            positions = prompt_positions
+        else:
+            cache = inputs.get(_CACHE_KW)
+            if cache is None:
+                raise ValueError("generation with pruned, original-position tokens needs use_cache=True")
+            done = cache.get_seq_length() - prompt_len  # tokens generated and already cached
+            fed = inputs["input_ids"].shape[1]
+            steps = torch.arange(done, done + fed, device=next_positions.device)
+            positions = next_positions[:, None] + steps[None]
+        rows = (inputs["inputs_embeds"] if inputs.get("input_ids") is None else inputs["input_ids"]).shape[0]
+        return positions.repeat_interleave(rows // positions.shape[0], dim=0)  # beams / several return sequences
 
     def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
         # inputs_embeds must be a named parameter: generate() checks the signature for it.
         images = kwargs.pop("images", None)
         image_sizes = kwargs.pop("image_sizes", None)
         inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        positions = self._original_position_ids(inputs)
+        if positions is not None:
+            inputs["position_ids"] = positions
         if images is not None:
             inputs["images"] = images
         if image_sizes is not None:
