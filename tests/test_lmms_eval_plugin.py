@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from holov_patches import PruningConfig
 import torch
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: run scripts/install_lmms_eval.sh first")
@@ -132,11 +134,19 @@ def test_setup_entry_point_registers_llava_holov():
     ({"dtype": "float8"}, "float8"),
     ({"prune_method": "nope"}, "nope"),
     ({"holov_mode": "fast"}, "fast"),
+    ({"holov_mode": "improved", "holov_position_ids": "gaps"}, "gaps"),
     ({"conv_template": "vicuna"}, "vicuna"),
 ])
 def test_bad_model_args_raise_value_error(tiny_llava_path, kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         LlavaHolov(pretrained=tiny_llava_path, device="cpu", **kwargs)
+
+
+def test_improved_mode_options_reach_the_model(tiny_llava_path):
+    lm = _load(tiny_llava_path, holov_tokens=64, holov_mode="improved", holov_rank_by="attention",
+               holov_diversity_scale="image", holov_crop_shape="raster", holov_position_ids="compact")
+    assert lm.model.get_pruning() == PruningConfig(keep=64, mode="improved", rank_by="attention",
+                                                   diversity_scale="image", crop_shape="raster", position_ids="compact")
 
 
 def test_stop_at_cuts_at_the_earliest_stop_string():

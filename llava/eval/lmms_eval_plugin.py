@@ -86,13 +86,16 @@ class LlavaHolov(lmms):
                  max_length: Optional[int] = None, holov_tokens: Optional[int] = None,
                  prune_ratio: Optional[float] = None, holov_crops: Optional[int] = None,
                  holov_mode: Optional[str] = None, prune_method: Optional[str] = None,
-                 holov_alpha: Optional[float] = None, model_name: Optional[str] = None,
+                 holov_alpha: Optional[float] = None, holov_crop_shape: Optional[str] = None,
+                 holov_rank_by: Optional[str] = None, holov_diversity_scale: Optional[str] = None,
+                 holov_position_ids: Optional[str] = None, model_name: Optional[str] = None,
                  use_cache: bool = True, max_batch_size: Optional[int] = None, **unknown: Any) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"unknown llava_holov model_args {sorted(unknown)}; accepted: pretrained, model_base, "
                              "conv_template, device, device_map, batch_size, dtype, attn_implementation, max_length, "
                              "holov_tokens, prune_ratio, holov_crops, holov_mode, prune_method, holov_alpha, "
+                             "holov_crop_shape, holov_rank_by, holov_diversity_scale, holov_position_ids, "
                              "model_name, use_cache")
         if max_batch_size is not None:
             raise ValueError(f"max_batch_size={max_batch_size!r} only applies to batch_size=auto, which llava_holov "
@@ -113,7 +116,11 @@ class LlavaHolov(lmms):
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
 
         requested = PruningConfig.from_flags(tokens=holov_tokens, ratio=prune_ratio, crops=holov_crops,
-                                                mode=holov_mode, method=prune_method, alpha=holov_alpha)
+                                             mode=holov_mode, method=prune_method, alpha=holov_alpha,
+                                             crop_shape=_none_if_blank(holov_crop_shape),
+                                             rank_by=_none_if_blank(holov_rank_by),
+                                             diversity_scale=_none_if_blank(holov_diversity_scale),
+                                             position_ids=_none_if_blank(holov_position_ids))
 
         # One model copy per process: `accelerate launch` splits the requests over ranks.
         self.accelerator = Accelerator()

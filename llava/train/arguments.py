@@ -60,11 +60,18 @@ class PruningArguments:
     holov_mode: Optional[str] = field(default=None, metadata={"help": "HoloV mode: faithful or improved"})
     prune_method: Optional[str] = field(default=None, metadata={"help": "registered pruning method (holov, cls_topk, random, ...; none = off)"})
     holov_alpha: Optional[float] = field(default=None, metadata={"help": "HoloV diversity weight (default 0.09)"})
+    holov_crop_shape: Optional[str] = field(default=None, metadata={"help": "improved mode: square or raster crops"})
+    holov_rank_by: Optional[str] = field(default=None, metadata={"help": "improved mode: combined or attention ranking"})
+    holov_diversity_scale: Optional[str] = field(default=None, metadata={"help": "improved mode: crop or image"})
+    holov_position_ids: Optional[str] = field(default=None, metadata={"help": "compact or original positions after pruning"})
 
     def to_config(self) -> Optional[PruningConfig]:
         """``None`` when no flag was given (then HOLOV_PRUNING or the checkpoint's saved setting applies)."""
         return PruningConfig.from_flags(tokens=self.holov_tokens, ratio=self.prune_ratio, crops=self.holov_crops,
-                                        mode=self.holov_mode, method=self.prune_method, alpha=self.holov_alpha)
+                                        mode=self.holov_mode, method=self.prune_method, alpha=self.holov_alpha,
+                                        crop_shape=self.holov_crop_shape, rank_by=self.holov_rank_by,
+                                        diversity_scale=self.holov_diversity_scale,
+                                        position_ids=self.holov_position_ids)
 
 
 @dataclass
