@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from holov_patches import PruningConfig
 import torch
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: run scripts/install_lmms_eval.sh first")
@@ -29,6 +27,7 @@ from lmms_eval.api.instance import Instance  # noqa: E402
 from lmms_eval.api.model import lmms  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from holov_patches import PruningConfig  # noqa: E402
 from llava.eval.lmms_eval_plugin import LlavaHolov, _stop_at  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
