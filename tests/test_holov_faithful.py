@@ -1,26 +1,16 @@
 """HoloV faithful mode: same kept tokens, order and output as the released code (our loop reference),
 hand-worked cases from shared/HOLOV_SPEC.md, input checks and the properties of a pruner."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-from holov_patches.op_count import count_ops
 
+import reference_holov_loop as REF  # tests/ is on sys.path under pytest
 from holov_patches import PruningConfig, get_pruner, prune_visual_tokens
 from holov_patches._holov_crops import raster_chunks
 from holov_patches._holov_scores import score_crops
 from holov_patches.holov import prune
+from holov_patches.op_count import count_ops
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _load("reference_holov_loop")
 reference = REF.reference_holov_loop
 
 

@@ -1,12 +1,11 @@
 """HoloV improved mode: 2-D crops, water-filled budget (exactly K real tokens), raster order,
 and its named options (crop_shape, rank_by, diversity_scale)."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+import reference_holov_loop as REF  # tests/ is on sys.path under pytest
 from holov_patches import PruningConfig, prune_visual_tokens
 from holov_patches._holov_budget import waterfill_allocation
 from holov_patches._holov_crops import crop_grid_side, raster_chunks, square_crops
@@ -14,14 +13,6 @@ from holov_patches._holov_scores import score_crops
 from holov_patches.holov import prune
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _load("reference_holov_loop")
 CPU = torch.device("cpu")
 
 
