@@ -46,3 +46,19 @@ def make_image(tmp_path):
         return str(path)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def eval_fixtures(tmp_path_factory):
+    """A fresh copy (per test module) of the synthetic benchmarks, written by
+    playground/fixtures/make_fixtures.py."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "playground" / "fixtures" / "make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_fixtures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("eval_fixtures")
+    module.main(["--out", str(out)])
+    return out

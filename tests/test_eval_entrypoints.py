@@ -5,7 +5,6 @@ into the very file an uninterrupted run writes."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import signal
@@ -24,14 +23,8 @@ PRUNE = ["--prune-method", "cls_topk", "--holov-tokens", "64"]
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory) -> Path:
-    """A fresh copy of the synthetic benchmarks (playground/fixtures/make_fixtures.py)."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", REPO / "playground/fixtures/make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("fixtures")
-    module.main(["--out", str(out)])
-    return out
+def fixtures(eval_fixtures) -> Path:
+    return eval_fixtures
 
 
 def run(entry: str, args) -> None:

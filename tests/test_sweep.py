@@ -5,7 +5,6 @@ input checks (no Python needed for those)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -28,13 +27,8 @@ SPLITS = {"gqa": "llava_gqa_testdev_balanced", "mmbench": "mmbench_dev_20230712"
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_fixtures", REPO / "playground/fixtures/make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("fixtures")
-    module.main(["--out", str(out)])
-    return out
+def fixtures(eval_fixtures) -> Path:
+    return eval_fixtures
 
 
 def sweep_env(model: str, fixtures: Path, results: Path, **extra) -> dict:

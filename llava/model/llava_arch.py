@@ -240,8 +240,9 @@ class LlavaMetaForCausalLM(ABC):
 
     def _spatial_merge(self, feat, attn, image_size, merge: str, side: int):
         """Anyres: base tile tokens, then the high-res tiles laid out as one 2-D map
-        (unpadded for 'spatial_unpad'); returns tokens without newlines, their attention,
-        the layout, and the row length after which 'spatial_unpad' inserts image_newline."""
+        (unpadded for 'spatial_unpad'). Returns the tokens without newlines, their attention,
+        grid None (base + map are not one 2-D grid; the 2-D path prunes them separately) and
+        the newline layout (n_base, rows, cols) of 'spatial_unpad'."""
         base, hi = feat[0], feat[1:]
         base_attn = attn[0] if attn is not None else None
         cols, rows = get_anyres_image_grid_shape(image_size, self.config.image_grid_pinpoints, self.get_vision_tower().config.image_size)
@@ -287,7 +288,7 @@ class LlavaMetaForCausalLM(ABC):
         out[slot[row_end] + 1] = self.get_model().image_newline.to(device=out.device, dtype=out.dtype)
         # positions in the unpruned layout, where row r's newline sits after its last column
         positions = torch.empty(out.shape[0], dtype=torch.long, device=hi_index.device)
-        positions[slot] = n_base + row * (width + 1) + hi_index % width
+        positions[slot] = _offsets_in_span(n_base + hi_index, layout, _span_with_newlines(tokens.shape[0], layout))
         positions[slot[row_end] + 1] = n_base + row[row_end] * (width + 1) + width
         return (torch.cat([kb[0], out], dim=0), torch.cat([ib[0], n_base + hi_index]),
                 torch.cat([ib[0], positions]))
@@ -363,8 +364,6 @@ class LlavaMetaForCausalLM(ABC):
             new_positions = [x[:max_len] for x in new_positions]
         cfg = self.get_pruning()
         original = cfg is not None and cfg.stage == "pre_llm" and cfg.keeps_original_positions
-        # Where decoding continues for each row: after the last position of its prompt.
-        self.next_positions = torch.stack([p[-1] + 1 for p in new_positions]) if original else None
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
         out = self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask, side,
                               new_positions if original else None)

@@ -64,8 +64,9 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         if images is not None:
             _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
                 inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left")
-            if getattr(self, "next_positions", None) is not None:  # pruned with original positions
-                decode_positions = (position_ids, self.next_positions, inputs_embeds.shape[1])
+            if position_ids is not None:  # pruned with original positions (or given by the caller)
+                # left-padded: the last column is each row's last prompt position
+                decode_positions = (position_ids, position_ids[:, -1] + 1, inputs_embeds.shape[1])
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
         if attention_mask is None:
