@@ -231,3 +231,21 @@ def test_conversation_templates_render_like_the_originals():
     assert llama2.get_prompt().endswith("<</SYS>>\n\nHi [/INST]")
     with pytest.raises(ValueError, match="unknown conversation template"):
         get_conv_template("vicuna_v9")
+
+
+def test_sharded_checkpoint_reads_only_shards_with_tower_weights(tiny_llava, tmp_path):
+    from safetensors import safe_open
+
+    from llava.model.builder import TOWER_PREFIX, _files_with_tower_weights
+
+    _, model, _, _ = tiny_llava
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")
+    index = json.load(open(tmp_path / "sharded" / "model.safetensors.index.json"))["weight_map"]
+    assert len(set(index.values())) > 2  # really sharded
+    picked = _files_with_tower_weights(str(tmp_path / "sharded"))
+    holding = set()
+    for shard in set(index.values()):
+        with safe_open(str(tmp_path / "sharded" / shard), framework="pt") as f:
+            if any(k.startswith(TOWER_PREFIX) for k in f.keys()):
+                holding.add(shard)
+    assert holding and set(picked) == holding  # the tower's shards, and only those

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -90,24 +90,39 @@ def _is_llava(model_name: str, config_path: str, multimodal: bool) -> bool:
     return False
 
 
+_NOT_WEIGHTS = ("non_lora_trainables.bin", "mm_projector.bin", "training_args.bin")
+
+
+def _files_with_tower_weights(model_path: str) -> List[str]:
+    """Weight files of a local checkpoint that may hold tower keys. A sharded checkpoint's
+    index names them, so a 7B checkpoint without tower weights costs no extra read."""
+    if not os.path.isdir(model_path):
+        return []
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        path = os.path.join(model_path, index)
+        if os.path.isfile(path):
+            with open(path) as f:
+                weight_map = json.load(f)["weight_map"]
+            return sorted({file for key, file in weight_map.items() if key.startswith(TOWER_PREFIX)})
+    return sorted(f for f in os.listdir(model_path)
+                  if f.endswith(".safetensors") or (f.endswith(".bin") and f not in _NOT_WEIGHTS))
+
+
 def _load_tower_weights_from_checkpoint(model, model_path: str) -> int:
     """Checkpoints that carry the tower (``model.vision_tower.vision_tower.*``, with or
     without the 4.x ``vision_model.`` level) override the weights read from mm_vision_tower."""
     from safetensors import safe_open
 
-    files = [f for f in os.listdir(model_path) if f.endswith(".safetensors")] if os.path.isdir(model_path) else []
     state: Dict[str, torch.Tensor] = {}
-    for name in files:
-        with safe_open(os.path.join(model_path, name), framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(TOWER_PREFIX):
-                    state[key[len(TOWER_PREFIX):].replace("vision_model.", "", 1)] = f.get_tensor(key)
-    for name in (f for f in os.listdir(model_path) if f.endswith(".bin")) if os.path.isdir(model_path) else ():
-        if name in ("non_lora_trainables.bin", "mm_projector.bin", "training_args.bin"):
-            continue
-        for key, value in torch.load(os.path.join(model_path, name), map_location="cpu", weights_only=True).items():
-            if key.startswith(TOWER_PREFIX):
-                state[key[len(TOWER_PREFIX):].replace("vision_model.", "", 1)] = value
+    for name in _files_with_tower_weights(model_path):
+        path = os.path.join(model_path, name)
+        if name.endswith(".safetensors"):
+            with safe_open(path, framework="pt") as f:  # reads only the tensors asked for
+                tensors = {key: f.get_tensor(key) for key in f.keys() if key.startswith(TOWER_PREFIX)}
+        else:  # mmap: the shard's other tensors are never read
+            tensors = {key: value for key, value in torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
+                       if key.startswith(TOWER_PREFIX)}
+        state.update({key[len(TOWER_PREFIX):].replace("vision_model.", "", 1): value for key, value in tensors.items()})
     if state:
         tower = model.get_vision_tower().vision_tower
         missing, unexpected = tower.load_state_dict(state, strict=False)
