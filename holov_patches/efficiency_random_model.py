@@ -8,7 +8,6 @@ random float16 weights give the same costs as the released checkpoint.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -24,7 +23,7 @@ def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dty
     ``device`` (fast random init on a GPU) in ``dtype`` and saved over the tiny one, so the
     report loads it through ``load_pretrained_model`` like any checkpoint."""
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-    from llava.model.tiny import build_tiny_llava
+    from llava.model.tiny import build_tiny_llava, to_original_config
 
     v, m = shape.vision, shape.llm
     if v.hidden * 4 != v.intermediate or (v.image_size, v.patch_size, v.select_layer) != (336, 14, -2):
@@ -45,11 +44,5 @@ def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dty
     del model
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
-    cfg_path = os.path.join(out_dir, "config.json")
-    with open(cfg_path) as f:
-        saved = json.load(f)
-    saved.update(model_type="llava", architectures=["LlavaLlamaForCausalLM"])
-    saved.pop("_name_or_path", None)
-    with open(cfg_path, "w") as f:
-        json.dump(saved, f, indent=2)
+    to_original_config(os.path.join(out_dir, "config.json"))
     return out_dir

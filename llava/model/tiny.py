@@ -120,11 +120,11 @@ def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int
         model.get_vision_tower().load_model()
     model.save_pretrained(out_dir)
     if backbone == "llama":
-        _to_original_config(os.path.join(out_dir, "config.json"))
+        to_original_config(os.path.join(out_dir, "config.json"))
     return out_dir
 
 
-def _to_original_config(path: str) -> None:
+def to_original_config(path: str) -> None:
     """The released LLaVA-1.5 checkpoints say ``model_type: llava``; write it that way."""
     with open(path) as f:
         cfg = json.load(f)
