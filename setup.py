@@ -29,7 +29,7 @@ setup(
     version="0.1.0",
     description="LLaVA-1.5-compatible codebase with the HoloV visual-token pruner (NeurIPS 2025) and baselines",
     packages=find_packages(include=["llava", "llava.*", "holov_patches", "holov_patches.*"]),
-    package_data={"holov_patches": ["data/*.csv"]},
+    package_data={"llava.eval": ["data/*.csv"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -7,26 +7,23 @@ of dispatched torch ops (counted with a TorchDispatchMode) and the median CPU ti
 few runs, with loop / ours ratios, and checks that faithful mode keeps the loop's tokens.
 ``--device cuda`` adds CUDA timings in ms (synchronised) when a GPU is present.
 
-    python benchmarks/pruner.py [--repeats 5] [--device cuda]
+    python -m benchmarks.pruner [--repeats 5] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the package is the repo's, not installed
-    sys.path.insert(0, str(ROOT))
+from benchmarks.op_count import count_ops
+from holov_patches.methods.holov import prune
 
-from holov_patches.holov import prune  # noqa: E402
-from holov_patches.op_count import count_ops  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_reference():

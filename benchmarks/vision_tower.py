@@ -4,23 +4,20 @@
   ours    SDPA, stop after the selected layer, plus the [CLS] -> patch attention row
   eager   eager attention with output_attentions=True (how the authors get the [CLS] row)
 
-    python benchmarks/vision_tower.py [--device cuda] [--batch 1] [--reps 3] [--size large|tiny]
+    python -m benchmarks.vision_tower [--device cuda] [--batch 1] [--reps 3] [--size large|tiny]
 
 Prints median times and the ratios to plain (goal: ours <= 1.05x plain).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from holov_patches.clip_cls_attention import run_clip_vision  # noqa: E402
+from llava.model.multimodal_encoder.clip_encoder import run_clip_vision
 
 SIZES = {
     "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),

@@ -13,6 +13,10 @@ A pruner that runs before the LLM has exactly one signature::
 
 A method that works inside the LLM (FastV) registers with ``stage="llm"``; its
 callable has the signature its adapter documents.
+
+This module imports no method: ``holov_patches/__init__.py`` imports
+``holov_patches.methods``, whose files register themselves (timm style), so the built-in
+methods are filed before any caller can look one up.
 """
 from __future__ import annotations
 
@@ -49,13 +53,7 @@ def register_pruner(name: str, *, stage: str = "pre_llm"):
     return wrap
 
 
-def _ensure_builtin_methods_loaded() -> None:
-    # Importing the methods package registers every built-in pruner (timm style).
-    from holov_patches import methods  # noqa: F401
-
-
 def get_entry(name: str) -> PrunerEntry:
-    _ensure_builtin_methods_loaded()
     if name not in _REGISTRY:
         raise ValueError(f"unknown pruning method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -68,5 +66,4 @@ def get_pruner(name: str) -> Callable:
 
 def list_pruners(pattern: str = "*", stage: Optional[str] = None) -> List[str]:
     """Registered names matching a wildcard ``pattern``, optionally of one ``stage``."""
-    _ensure_builtin_methods_loaded()
     return sorted(n for n, e in _REGISTRY.items() if fnmatch(n, pattern) and (stage is None or e.stage == stage))

@@ -1,9 +1,4 @@
 """LLaVA's public constants (same names and values as the original package)."""
-CONTROLLER_HEART_BEAT_EXPIRATION = 30
-WORKER_HEART_BEAT_INTERVAL = 15
-LOGDIR = "."
-
-# Model constants
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200  # placeholder id spliced into input_ids where image features go
 DEFAULT_IMAGE_TOKEN = "<image>"

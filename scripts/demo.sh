@@ -28,12 +28,9 @@ fi
 PRUNE_FLAGS=(--holov-tokens "$TOKENS" --prune-method "$METHOD" --holov-mode "$MODE")
 if [ "$TOKENS" = "576" ]; then PRUNE_FLAGS=(--prune-method none); fi
 
-echo "== question: $QUESTION"
+OUT="${OUT:-playground/demo_kept_tokens.png}"
+PICTURE_FLAGS=()
+if [ "$TOKENS" != "576" ]; then PICTURE_FLAGS=(--kept-picture "$OUT"); fi
+# One process, the model loaded once: the answer, then the picture of the kept tokens.
 echo "$QUESTION" | python -m llava.serve.cli --model-path "$MODEL" --image-file "$IMAGE" --device "$DEVICE" \
-  --temperature 0 --max-new-tokens "$MAX_NEW_TOKENS" "${PRUNE_FLAGS[@]}"
-
-if [ "$TOKENS" != "576" ]; then
-  OUT="${OUT:-playground/demo_kept_tokens.png}"
-  python -m holov_patches.visualize --model-path "$MODEL" --image-file "$IMAGE" --device "$DEVICE" \
-    "${PRUNE_FLAGS[@]}" --out "$OUT"
-fi
+  --temperature 0 --max-new-tokens "$MAX_NEW_TOKENS" "${PRUNE_FLAGS[@]}" "${PICTURE_FLAGS[@]}"

@@ -13,6 +13,10 @@
 #   LMMS_EVAL_SPEC  lmms-eval requirement (default lmms-eval==0.7.3)
 #   PYTHON          interpreter of the target virtualenv (default: python)
 set -euo pipefail
+if [[ -z "${PYTHON:-}" ]]; then
+  # shellcheck disable=SC1091
+  source "$(dirname "${BASH_SOURCE[0]}")/use_venv.sh"  # the project's .venv, activated if needed
+fi
 PYTHON="${PYTHON:-python}"
 LMMS_EVAL_SPEC="${LMMS_EVAL_SPEC:-lmms-eval==0.7.3}"
 RUNTIME_REQS=(

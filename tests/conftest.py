@@ -32,6 +32,17 @@ def tiny_llava(tiny_llava_path):
             os.environ["HOLOV_PRUNING"] = env
 
 
+@pytest.fixture(scope="session")
+def tiny_next_llava(tmp_path_factory):
+    """(tokenizer, model, image_processor) of a tiny LLaVA-NeXT (anyres) checkpoint on CPU."""
+    from llava.model.builder import load_pretrained_model
+    from llava.model.tiny import build_tiny_llava
+
+    path = build_tiny_llava(str(tmp_path_factory.mktemp("next") / "llava-v1.6-tiny"), arch="llava-1.6")
+    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.6-tiny", device="cpu")
+    return tok, model, proc
+
+
 @pytest.fixture()
 def make_image(tmp_path):
     """Write a small RGB (or other mode) PNG/JPEG and return its path."""

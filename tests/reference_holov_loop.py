@@ -1,6 +1,6 @@
 """A plain per-image, per-chunk Python-loop reference of HoloV's faithful mode.
 
-Written by us from shared/HOLOV_SPEC.md to stand for the authors' released function
+Written by us from the rules of the released code (stated in docs/holov.md) to stand for the authors' released function
 (HoloV, arXiv 2510.02912) in tests and in benchmarks/pruner.py: it loops over images
 and chunks, runs one small matmul per chunk and uses torch.topk as the released code
 does, computing in the input dtype. The only rule not from the released code is the
@@ -8,11 +8,11 @@ project API's "K >= N keeps all N tokens in raster order".
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
 
-from holov_patches.config import default_num_crops
 
 
 def reference_chunks(num_tokens: int, num_crops: int) -> List[Tuple[int, int]]:
@@ -59,17 +59,22 @@ def reference_allocation(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 def reference_holov_loop(tokens: torch.Tensor, cls_attn: torch.Tensor, keep: int, num_crops: Optional[int] = None,
-                         alpha: float = 0.09) -> Tuple[torch.Tensor, torch.Tensor]:
-    """tokens [B, N, D], cls_attn [B, N] -> (kept [B, K, D], kept_index [B, K], -1 for a zero pad)."""
+                         alpha: float = 0.09, score_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """tokens [B, N, D], cls_attn [B, N] -> (kept [B, K, D], kept_index [B, K], -1 for a zero pad).
+
+    ``score_dtype`` (default: the input dtype, as the released code) is the dtype the chunk
+    scores are computed in; the selection inside a chunk always calls torch.topk on the
+    attention in its own dtype."""
     batch, num_tokens, dim = tokens.shape
     if keep >= num_tokens:
         return tokens.clone(), torch.arange(num_tokens, device=tokens.device).expand(batch, num_tokens).clone()
-    num_crops = num_crops if num_crops is not None else default_num_crops(num_tokens, keep)
+    num_crops = num_crops if num_crops is not None else max(1, math.floor((1024 / 576) * num_tokens / keep))  # the authors' float formula, written out here
     chunks = reference_chunks(num_tokens, num_crops)
     kept_rows, kept_indices = [], []
     for b in range(batch):
         x, attn = tokens[b], cls_attn[b]
-        scores = torch.stack([reference_chunk_score(x[s:s + n], attn[s:s + n], alpha) for s, n in chunks])
+        sx, sa = (x, attn) if score_dtype is None else (x.to(score_dtype), attn.to(score_dtype))
+        scores = torch.stack([reference_chunk_score(sx[s:s + n], sa[s:s + n], alpha) for s, n in chunks])
         alloc = reference_allocation(scores, keep)
         picks = []
         for (start, size), k in zip(chunks, alloc.tolist()):

@@ -77,7 +77,7 @@ def test_newlines_and_budget_per_mode(model, scratch, mode):
         record = handle.last_prefill
     width = 8 + 1  # high-res row: 8 tokens and its newline
     lines_kept = 0
-    for offsets, rows in zip(record.kept_offsets, (4, 2)):
+    for offsets, rows in zip(record.offsets, (4, 2)):
         is_line = (offsets >= PATCHES) & ((offsets - PATCHES) % width == width - 1)
         real = offsets[~is_line]
         assert (real < PATCHES).sum() == round(PATCHES * (1 - ratio))  # base: its own ratio
@@ -105,7 +105,7 @@ def test_absolute_keep_is_split_between_base_and_high_res(model, scratch):
         model(**inputs)
         record = handle.last_prefill
     calls = scratch.calls
-    for image, (n_hires, offsets) in enumerate(zip((32, 16), record.kept_offsets)):
+    for image, (n_hires, offsets) in enumerate(zip((32, 16), record.offsets)):
         base_call, hires_call = calls[2 * image], calls[2 * image + 1]
         assert base_call["keep"] == round(keep * PATCHES / (PATCHES + n_hires))
         assert base_call["keep"] + hires_call["keep"] == keep == offsets.numel()
@@ -142,7 +142,7 @@ def test_positions_are_original_and_pruned_run_equals_masked_full_model(model, s
     steps = 3
     config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6, mode="improved")
     out, record, _, plain = pruned_generate_and_forward(model, config, inputs, pad=PAD, steps=steps)
-    for (b, start, _), offsets, size in zip(image_runs(inputs["input_ids"], IMAGE), plain.kept_offsets,
+    for (b, start, _), offsets, size in zip(image_runs(inputs["input_ids"], IMAGE), plain.offsets,
                                             [(50, 100), (100, 90)]):
         slots = (plain.source[b] >= start) & (plain.source[b] < start + RUNS[size])  # this image's kept slots
         assert torch.equal(plain.position_ids[b, slots], start + offsets)  # plain forward: positions 0..L-1

@@ -76,7 +76,7 @@ def test_each_image_gets_its_own_budget_and_grid(model, scratch):
         model(**inputs)
         record = handle.last_prefill
     assert [(c["tokens"].shape[1], c["keep"], c["grid"]) for c in scratch.calls] == [(24, 12, (4, 6)), (6, 3, (3, 2))]
-    assert [o.numel() for o in record.kept_offsets] == [12, 3] and record.num_pruned == 15
+    assert [o.numel() for o in record.offsets] == [12, 3] and record.num_pruned == 15
     scratch.calls.clear()
     with holov_patches.apply(model, PruningConfig(method=scratch("t_topk", topk_raster), keep=4)) as handle:
         model(**inputs)
@@ -146,7 +146,7 @@ def test_kept_tokens_keep_their_3d_rope_positions(model, scratch):
     valid = record.source >= 0
     gathered = reference.gather(2, record.source.clamp(min=0).expand(3, -1, -1))
     assert torch.equal(positions[:, valid], gathered[:, valid])  # every kept column keeps its position
-    for (b, start, n), offsets, (_, _, w) in zip(image_runs(inputs["input_ids"], IMAGE), record.kept_offsets,
+    for (b, start, n), offsets, (_, _, w) in zip(image_runs(inputs["input_ids"], IMAGE), record.offsets,
                                                  GRIDS + [(1, 4, 4)]):
         slots = (record.source[b] >= start) & (record.source[b] < start + n)  # this image's kept slots
         assert torch.equal(record.source[b, slots] - start, offsets)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from holov_patches import coverage
-from holov_patches.synthetic_maps import BACKGROUND, SALIENT, UNIFORM, MapSpec, make_map
+from benchmarks.coverage import run as coverage
+from benchmarks.coverage.synthetic_maps import BACKGROUND, SALIENT, UNIFORM, MapSpec, make_map
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = MapSpec.small()  # 12 x 12, 6 objects, a 4 x 4 (16-token) salient one
@@ -117,7 +117,7 @@ def test_placeholder_methods_are_left_out_and_named(tmp_path):
     result = coverage.run_coverage(keeps=(8,), seeds=2, spec=SMALL, progress=False,
                                    variants=real + [coverage.Variant("stub", placeholder)])
     assert result.labels == ["cls_topk"] and "not written yet" in result.skipped["stub"]
-    md, _, _ = coverage.write_report(result, tmp_path / "cov", "python -m holov_patches.coverage --seeds 2")
+    md, _, _ = coverage.write_report(result, tmp_path / "cov", "python -m benchmarks.coverage --seeds 2")
     assert "`stub`: NotImplementedError: not written yet" in md.read_text()
 
 
@@ -150,14 +150,15 @@ def test_map_metrics_on_a_hand_made_case():
     assert coverage.map_metrics(smap, tokens, padded) == metrics
 
 
+@pytest.mark.subprocess
 def test_cli_writes_markdown_csv_and_plot(tmp_path):
     out = tmp_path / "docs" / "coverage"
     args = ["--out", str(out), "--keeps", "12", "6", "--seeds", "2", "--spec", "small", "--no-progress"]
-    done = subprocess.run([sys.executable, "-m", "holov_patches.coverage", *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.coverage", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     md = (tmp_path / "docs" / "coverage.md").read_text()
-    assert md.splitlines()[4].strip() == "python -m holov_patches.coverage " + " ".join(args)
+    assert md.splitlines()[4].strip() == "python -m benchmarks.coverage " + " ".join(args)
     rows = list(csv.DictReader((tmp_path / "docs" / "coverage.csv").read_text().splitlines()))
     labels = {r["method"] for r in rows}
     assert {"cls_topk", "divprune", "random", "visionzip"} <= labels

@@ -1,4 +1,4 @@
-"""The efficiency report (holov_patches.efficiency) and its FLOPs model (holov_patches.flops).
+"""The efficiency report (benchmarks.efficiency) and its FLOPs model (benchmarks.efficiency.flops).
 
 The FLOPs model is checked three ways: against an independent transcription of the
 formula here, against torch.utils.flop_counter on real prefills (eager attention, so the
@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from holov_patches import PruningConfig
-from holov_patches.efficiency import (DEFAULT_KEEPS, build_prompt, build_random_llava, check_keeps, check_method, main,
-                                      parse_args, run)
-from holov_patches.flops import (LlavaShape, LLMShape, VisionShape, cls_row_flops, kv_cache_bytes, prefill_flops,
-                                 shape_from_model)
+from benchmarks.efficiency.cli import main, parse_args, run
+from benchmarks.efficiency.measure import DEFAULT_KEEPS, build_prompt, check_keeps, check_method
+from benchmarks.efficiency.random_model import build_random_llava
+from benchmarks.efficiency.flops import (LlavaShape, LLMShape, VisionShape, cls_row_flops, kv_cache_bytes,
+                                         prefill_flops, shape_from_model)
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
 
 COLUMNS = {"round", "K", "tokens", "tokens_measured", "flops_vision", "flops_projector", "flops_pruner", "flops_llm",
            "flops_total", "flops_selection", "flops_total_ratio", "vision_ms", "pruner_ms", "prefill_ms",
@@ -73,7 +76,7 @@ def test_report_files_and_table_structure(report_run):
         assert r["peak_total_bytes"] == ""  # no whole-process peak on CPU
     md = out.with_suffix(".md").read_text()
     assert md.splitlines()[0].startswith("# ")
-    assert "python -m holov_patches.efficiency " + " ".join(argv) in md
+    assert "python -m benchmarks.efficiency " + " ".join(argv) in md
     for heading in ("## Analytic prefill FLOPs", "## Measured, round 1", "## Prefill speedup at K=64",
                     "## Analytic count at LLaVA-1.5-7B shape"):
         assert heading in md
@@ -192,7 +195,7 @@ def test_random_7b_refused_on_cpu_and_inputs_checked():
 
 
 def test_fixed_cost_fit_recovers_a_line():
-    from holov_patches.efficiency import _fixed_cost_fit
+    from benchmarks.efficiency.report import _fixed_cost_fit
 
     rows = [{"K": k, "flops_total": f * 1e9, "prefill_ms": 40.0 + f / 0.25} for k, f in ((576, 400.0), (192, 180.0), (64, 110.0))]
     fit = _fixed_cost_fit(rows, 576, 64)
@@ -202,14 +205,14 @@ def test_fixed_cost_fit_recovers_a_line():
 
 
 def test_compare_lists_earlier_runs(report_run, tiny_llava_path, tmp_path):
-    from holov_patches.efficiency import read_other_run
+    from benchmarks.efficiency.report import read_other_run
 
     first, rows, argv = report_run
     out = tmp_path / "again"
     main(["--model-path", tiny_llava_path, "--keeps", "64", "--reps", "1", "--new-tokens", "2", "--out", str(out),
           "--no-progress", "--compare", str(first.with_suffix(".csv"))])
     md = out.with_suffix(".md").read_text()
-    assert "Another run of this report (`python -m holov_patches.efficiency " + " ".join(argv) + "`)" in md
+    assert "Another run of this report (`python -m benchmarks.efficiency " + " ".join(argv) + "`)" in md
     earlier = next(r for r in rows if r["K"] == "64")
     assert f"prefill speedup {float(earlier['prefill_speedup']):.2f}x" in md
     assert "Over all 2 rounds" in md

@@ -18,6 +18,8 @@ import pytest
 from llava.eval import answers_io
 from llava.eval.eval_common import get_chunk, split_list
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
+
 REPO = Path(__file__).resolve().parents[1]
 PRUNE = ["--prune-method", "cls_topk", "--holov-tokens", "64"]
 

@@ -60,7 +60,7 @@ def test_prefill_matches_a_manual_reference(setup):
     model.set_pruning(PruningConfig(method="fastv", ratio=0.5, options={"layer": layer_k}))
     with torch.no_grad():
         out = model(input_ids=ids, images=px[:1], use_cache=True)
-    assert torch.equal(model._holov_fastv.keep_index[0], keep_index)
+    assert torch.equal(model.fastv_hooks.keep_index[0], keep_index)
     assert out.logits.shape[1] == embeds.shape[1] - 288
     torch.testing.assert_close(out.logits[0, -1], manual, atol=1e-5, rtol=1e-5)
     cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache

@@ -7,10 +7,7 @@ import torch
 
 import reference_holov_loop as REF  # tests/ is on sys.path under pytest
 from holov_patches import PruningConfig, prune_visual_tokens
-from holov_patches._holov_budget import waterfill_allocation
-from holov_patches._holov_crops import crop_grid_side, raster_chunks, square_crops
-from holov_patches._holov_scores import score_crops
-from holov_patches.holov import prune
+from holov_patches.methods.holov import crop_grid_side, prune, raster_chunks, score_crops, square_crops, waterfill_allocation
 
 
 CPU = torch.device("cpu")

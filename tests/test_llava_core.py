@@ -191,6 +191,7 @@ def test_process_images_pad_and_anyres(tiny_llava):
     assert out.shape == (1, 3, 3, 336, 336)  # base + 2 tiles of the 672x336 layout
 
 
+@pytest.mark.subprocess
 def test_cli_answers_piped_question(tiny_llava_path, make_image):
     image = make_image("q.png")
     env = dict(os.environ, PYTHONPATH=REPO)

@@ -10,15 +10,10 @@ from llava.conversation import get_conv_template
 from llava.mm_utils import get_anyres_image_grid_shape, process_images, tokenizer_image_token
 
 
-@pytest.fixture(scope="module")
-def next_model(tmp_path_factory):
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("next") / "llava-v1.6-tiny"), arch="llava-1.6")
-    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.6-tiny", device="cpu")
-    yield tok, model, proc
-    model.set_pruning(None)
+@pytest.fixture()
+def next_model(tiny_next_llava):
+    yield tiny_next_llava
+    tiny_next_llava[1].set_pruning(None)
 
 
 def _ids(tok):

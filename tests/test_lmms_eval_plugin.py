@@ -30,6 +30,8 @@ from PIL import Image  # noqa: E402
 from holov_patches import PruningConfig  # noqa: E402
 from llava.eval.lmms_eval_plugin import LlavaHolov, _stop_at  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -330,3 +332,19 @@ def test_cli_stock_llava_wrapper_on_our_package(lmms_runs):
     _check_results(results, samples)
     assert "[holov] visual-token pruning: cls_topk(keep=32)" in log
     assert "Using 1 devices with tensor parallelism" in log  # the stock Llava class ran, not ours
+
+
+def test_wrapper_script_exits_non_zero_when_lmms_eval_fails_silently(tiny_llava_path, tmp_path):
+    """lmms-eval exits 0 on an unknown task; scripts/lmms_eval.sh checks the results file."""
+    env = {k: v for k, v in os.environ.items() if k != "HOLOV_PRUNING"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    done = subprocess.run(["bash", str(REPO / "scripts" / "lmms_eval.sh"), "--model", "llava_holov",
+                           "--model_args", f"pretrained={tiny_llava_path},device=cpu", "--tasks", "no_such_task_xyz",
+                           "--output_path", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "error:" in done.stderr
+    missing = subprocess.run(["bash", str(REPO / "scripts" / "lmms_eval.sh"), "--model", "llava_holov"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "pass --output_path" in missing.stderr
+

@@ -11,7 +11,7 @@ from holov_patches import ENV_VAR, PruningConfig, resolve_pruning_config
 NON_DEFAULT = {
     "method": "holov", "keep": 128, "ratio": None, "num_crops": 9, "mode": "improved", "alpha": 0.5,
     "options": {"note": "x"}, "crop_shape": "raster", "rank_by": "attention", "diversity_scale": "image",
-    "position_ids": "compact",
+    "position_ids": "compact", "attention_dtype": "float32",
 }
 
 
@@ -32,10 +32,23 @@ def test_round_trip_through_dict_json_and_string():
     assert (parsed.keep, parsed.mode, parsed.rank_by, parsed.alpha, parsed.crop_shape) == (64, "improved", "attention", 0.2, None)
 
 
-def test_unknown_keys_warn_and_are_ignored():
-    with pytest.warns(UserWarning, match="ignoring unknown pruning config keys \\['bogus'\\]"):
-        config = PruningConfig.from_dict({"keep": 32, "bogus": 1})
-    assert config.keep == 32
+def test_unknown_keys_are_refused_naming_the_key_and_the_known_ones():
+    # Issue "bad days" 14: a typo must not silently give the default budget.
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bogus'\]; known keys: \[.*'keep'"):
+        PruningConfig.from_dict({"keep": 32, "bogus": 1})
+    with pytest.raises(ValueError, match=r"HOLOV_PRUNING environment variable: unknown key\(s\) \['kep'\]"):
+        resolve_pruning_config(environ={"HOLOV_PRUNING": "kep=128"})
+    with pytest.raises(ValueError, match=r"saved 'holov' block: unknown key\(s\) \['kep'\]"):
+        resolve_pruning_config(saved={"kep": 128}, environ={})
+
+
+def test_repeated_key_blank_value_and_bad_json():
+    with pytest.raises(ValueError, match="gives 'keep' twice"):
+        resolve_pruning_config(environ={"HOLOV_PRUNING": "keep=64,keep=128"})
+    assert resolve_pruning_config(environ={"HOLOV_PRUNING": " "}) is None  # blank never switches pruning on
+    assert resolve_pruning_config(environ={"HOLOV_PRUNING": ""}, saved={"keep": 8}).keep == 8
+    with pytest.raises(ValueError, match="HOLOV_PRUNING environment variable is not valid JSON"):
+        resolve_pruning_config(environ={"HOLOV_PRUNING": '{"keep": 64,}'})
 
 
 @pytest.mark.parametrize("ratio,keep", [(0.667, 192), (0.778, 128), (0.889, 64)])

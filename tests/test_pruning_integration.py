@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 import torch
 from PIL import Image
 
@@ -107,6 +108,7 @@ def test_precedence_explicit_env_saved(tiny_llava_path, tmp_path, monkeypatch, c
     assert load(pruning="method=none") is None  # explicit off beats everything
 
 
+@pytest.mark.subprocess
 def test_cli_with_holov_tokens_answers(tiny_llava_path, make_image):
     image = make_image("cli.png")
     env = dict(os.environ, PYTHONPATH=REPO)
@@ -119,18 +121,60 @@ def test_cli_with_holov_tokens_answers(tiny_llava_path, make_image):
     assert "[holov] kept [64] of [576] visual tokens" in res.stdout
 
 
+@pytest.mark.subprocess
+def test_piped_chat_prints_the_question_draws_the_picture_and_leaves_no_prompt(tiny_llava_path, make_image, tmp_path):
+    image, picture = make_image("cli.png"), tmp_path / "kept.png"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("HOLOV_PRUNING", None)
+    res = subprocess.run([sys.executable, "-m", "llava.serve.cli", "--model-path", tiny_llava_path, "--image-file", image,
+                          "--device", "cpu", "--max-new-tokens", "3", "--temperature", "0", "--holov-tokens", "64",
+                          "--kept-picture", str(picture)], input="What is it?\n", capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    asked = lines.index("USER: What is it?")
+    assert lines[asked + 1].startswith("ASSISTANT: ")
+    assert lines[-1].startswith("[holov] kept 64 of 576 visual tokens") and picture.is_file()  # one load, one picture
+    assert sum("visual-token pruning:" in line for line in lines) == 1  # the model was loaded once
+    assert not any(line.strip() == "USER:" for line in lines)  # no dangling prompt at the end of input
+
+
+@pytest.mark.subprocess
 def test_visualize_writes_picture(tiny_llava_path, tmp_path):
     out = tmp_path / "kept.png"
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("HOLOV_PRUNING", None)
-    res = subprocess.run([sys.executable, "-m", "holov_patches.visualize", "--model-path", tiny_llava_path,
+    res = subprocess.run([sys.executable, "-m", "llava.serve.visualize", "--model-path", tiny_llava_path,
                           "--image-file", os.path.join(REPO, "playground/examples/shapes.png"), "--device", "cpu",
                           "--holov-tokens", "64", "--holov-mode", "improved", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "kept 64 of 576 visual tokens" in res.stdout
     img = Image.open(out)
-    assert img.size == (24 * 20, 24 * 20)
+    assert img.width > 300 and img.height > 300  # one panel, title and legend
+
+
+def test_kept_picture_has_title_legend_padding_and_panels():
+    from llava.serve.visualize import Panel, figure_title, kept_figure, padding_cells
+
+    # 100 x 50 padded to a 100 x 100 square, 4 x 4 cells: rows 0 and 3 hold only padding.
+    assert padding_cells((100, 50), 4).reshape(4, 4).all(axis=1).tolist() == [True, False, False, True]
+    assert not padding_cells((100, 50), 4).reshape(4, 4)[1:3].any()
+    assert padding_cells((64, 64), 24).sum() == 0
+    config = PruningConfig(keep=3, mode="improved")
+    kept = np.zeros(16, dtype=bool)
+    kept[[5, 6, 9]] = True
+    panels = [Panel("base tile", Image.new("RGB", (8, 8)), (4, 4), kept, np.arange(16) // 8, padding_cells((100, 50), 4)),
+              Panel("high-res map (unpadded)", Image.new("RGB", (8, 4)), (2, 4), np.ones(8, dtype=bool))]
+    title = figure_title(config, 3, 24, 0, parts=2)
+    assert title == "holov: kept 3 of 24 visual tokens, mode improved"
+    assert figure_title(PruningConfig(keep=64), 60, 576, 4) == \
+        "holov: kept 60 of 576 visual tokens, mode faithful, P=16 crops (+ 4 zero pads)"
+    fig = kept_figure(panels, title)
+    assert fig._suptitle.get_text() == title
+    assert [ax.get_title() for ax in fig.axes] == ["base tile: 3 of 16 kept (4x4)", "high-res map (unpadded): 8 of 8 kept (2x4)"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["kept token", "pruned token", "padding (no image)", "HoloV crop border"]
 
 
 def test_improved_keeps_original_positions_and_decodes_from_the_unpruned_length(model_with):

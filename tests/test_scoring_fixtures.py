@@ -50,11 +50,11 @@ CASES = {
     "mmbench_cn": (["--answers-file",
                     "mmbench/answers/mmbench_dev_cn_20231003/fixture-model.jsonl",
                     "--question-file", "mmbench/mmbench_dev_cn_20231003.tsv"], 100.0),
-    # image questions: B right, "C." right, B wrong (A), "white" = option A right: 3/4;
-    # the video question is ignored
+    # LLaVA's exact-letter rule over image and video questions (int ids, as LLaVA's file):
+    # B right, "C." wrong, B wrong (A), "white" wrong, video A right: Total 2/5
     "seed": (["--answers-file", f"seed_bench/{ANS}",
               "--annotation-file", "seed_bench/SEED-Bench.json",
-              "--submission-file", "{out}/seed_upload.jsonl"], 75.0),
+              "--submission-file", "{out}/seed_upload.jsonl"], 40.0),
     # val: "Red" 1, "Unanswerable" 1, "two" -> "2" with 2 of 10 -> 0.6: 2.6 / 3
     "vizwiz": (["--answers-file", "vizwiz/answers/fixture-model_val.jsonl",
                 "--question-file", "vizwiz/llava_val.jsonl",
@@ -82,6 +82,36 @@ def test_cli_on_fixture(name, tmp_path):
     assert result["benchmark"] == name
     assert result["headline"] == pytest.approx(expected)
     assert f"headline {expected:.2f}" in proc.stdout
+
+
+# --parser lenient: the official headline stays on top, the lenient one beside it.
+LENIENT = {
+    # lenient letters: "C." -> C right, "white" = option A right: 4/5
+    "seed": 80.0,
+    # the same reading of these answers as the official one (no "The answer is Clock."-type
+    # or "(B)"-type answers in the fixture): IMG 2/3
+    "scienceqa": 200 / 3,
+    # no trailing whitespace in the fixture answers: 3/5 either way
+    "gqa": 60.0,
+    # no repeated (image, question) pair in the fixture: 57.5 either way
+    "textvqa": 57.5,
+    # m4c rule on the fixture: the same per-question values as the official rule: 62.5
+    "vqav2": 62.5,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LENIENT))
+def test_cli_lenient_parser_on_fixture(name, tmp_path):
+    args, official = CASES[name]
+    result_file = tmp_path / "result.json"
+    proc = _run(name, [*args, "--result-file", str(result_file), "--parser", "lenient"],
+                str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(result_file.read_text())
+    assert set(result) == {"benchmark", "headline", "metrics", "n", "parser", "lenient"}
+    assert result["parser"] == "lenient"
+    assert result["headline"] == pytest.approx(official)
+    assert result["lenient"]["headline"] == pytest.approx(LENIENT[name])
 
 
 def test_submission_files_on_fixture(tmp_path):

@@ -19,9 +19,18 @@ def _ans(qid, text):
     return {"question_id": qid, "prompt": "q", "text": text}
 
 
-def test_normalisation():
-    assert gqa.normalize_prediction(" Yes. ") == "yes"
-    assert gqa.normalize_prediction("Left..") == "left"
+@pytest.mark.parametrize("text, official, lenient", [
+    # LLaVA's convert_gqa_for_eval.py: text.rstrip('.').lower(), nothing more.
+    ("Yes.", "yes", "yes"),
+    ("Left..", "left", "left"),
+    ("YES", "yes", "yes"),
+    ("yes ", "yes ", "yes"),      # trailing space kept: wrong against "yes"
+    (" Yes. ", " yes. ", "yes"),  # rstrip('.') stops at the space
+    ("yes.\n", "yes.\n", "yes"),
+])
+def test_official_and_lenient_preparation(text, official, lenient):
+    assert gqa.official_prediction(text) == official
+    assert gqa.lenient_prediction(text) == lenient
 
 
 def test_score_hand_derived():
@@ -32,6 +41,36 @@ def test_score_hand_derived():
     assert res["metrics"]["accuracy_per_structural_type"] == {"choose": 0.0, "query": 100.0,
                                                               "verify": 100.0}
     assert res["metrics"]["accuracy_per_semantic_type"] == {"attr": 100.0, "rel": 50.0}
+    # eval.py: open = structural "query" (3: right), binary = the rest (1 right, 2 wrong)
+    assert res["metrics"]["open_accuracy"] == 100.0
+    assert res["metrics"]["binary_accuracy"] == 50.0
+
+
+def test_trailing_whitespace_is_wrong_officially():
+    # "yes " (1), "square" (2), "left\n" (3): officially only 2 is right -> 1/3;
+    # lenient strips whitespace -> 3/3.
+    answers = [_ans("1", "yes "), _ans("2", "square"), _ans("3", "left\n")]
+    res = gqa.score(answers, QUESTIONS, parser="lenient")
+    assert res["headline"] == pytest.approx(100 / 3)
+    assert res["lenient"]["headline"] == 100.0
+    assert gqa.score(answers, QUESTIONS)["headline"] == pytest.approx(100 / 3)
+
+
+def test_words_and_steps_numbers():
+    # eval.py: words = len(question.split()); steps = operations whose "op: arg" contains
+    # none of "exist", "query: name", "choose name".
+    qs = {"1": {"answer": "yes", "isBalanced": True, "question": "Is the cup red?",
+                "types": {"structural": "verify", "semantic": "attr"},
+                "semantic": [{"operation": "select", "argument": "cup"},
+                             {"operation": "verify color", "argument": "red"}]},
+          "2": {"answer": "cup", "isBalanced": True, "question": "What is it?",
+                "types": {"structural": "query", "semantic": "cat"},
+                "semantic": [{"operation": "select", "argument": "thing"},
+                             {"operation": "query", "argument": "name"}]}}
+    res = gqa.score([_ans("1", "yes"), _ans("2", "mug")], qs)
+    assert res["metrics"]["accuracy_per_words_number"] == {"3": 0.0, "4": 100.0}
+    # 1: select, verify color -> 2 steps; 2: "query: name" does not count -> 1 step
+    assert res["metrics"]["accuracy_per_steps_number"] == {"1": 0.0, "2": 100.0}
 
 
 def test_unbalanced_answer_is_rejected():

@@ -70,3 +70,45 @@ def test_inconsistent_answers_raise():
 def test_row_options_llava_rule():
     assert mmbench.row_options(_row(0, ["a", "b", "c"], "A")) == ["a", "b", "c"]
     assert mmbench.row_options({"A": "a", "B": "None", "C": "c"}) == ["a"]
+
+
+def _write_tsv(path, rows):
+    cols = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image",
+            "source", "l2-category", "comment", "split"]
+    path.write_text("\t".join(cols) + "\n" + "".join(
+        "\t".join(str(r.get(c, "")) for c in cols) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_control_characters_do_not_break_the_xlsx(tmp_path, capsys):
+    openpyxl = pytest.importorskip("openpyxl")
+    tsv = tmp_path / "mmbench_dev.tsv"
+    _write_tsv(tsv, [{"index": 0, "question": "q", "A": "x", "B": "y", "answer": "A"},
+                     {"index": 1, "question": "q", "A": "x", "B": "y", "answer": "B"}])
+    # "\x1f" (and the other C0 controls openpyxl refuses) would raise IllegalCharacterError;
+    # our rule deletes them. Tab and newline are legal in a cell and stay.
+    answers = [_ans(0, "A\x1f\x00"), _ans(1, "B\tis\nit")]
+    out = mmbench.write_submission(answers, str(tsv), str(tmp_path / "up.xlsx"))
+    assert out.endswith(".xlsx")
+    assert "1 cell(s) held control characters" in capsys.readouterr().out
+    sheet = openpyxl.load_workbook(out).active
+    header = [c.value for c in sheet[1]]
+    col = header.index("prediction")
+    assert [row[col].value for row in sheet.iter_rows(min_row=2)] == ["A", "B\tis\nit"]
+    # the score reads the same answers without trouble: neither text is a readable letter
+    # ("A" is followed by \x1f, not by . ) : or a space/end; "B" by a tab), so both are wrong
+    rows = [_row(0, ["x", "y"], "A"), _row(1, ["x", "y"], "B")]
+    res = mmbench.score(answers, rows)
+    assert res["headline"] == 0.0 and res["metrics"]["n_unparsed"] == 2
+
+
+def test_xlsx_safe_rule():
+    assert mmbench.xlsx_safe("a\x01b\x0bc\x0cd\x1fe") == "abcde"
+    assert mmbench.xlsx_safe("keep\t\n\r") == "keep\t\n\r"
+    assert mmbench.xlsx_safe(3) == 3
+
+
+def test_xlsx_rule_is_exactly_what_openpyxl_refuses():
+    cell = pytest.importorskip("openpyxl.cell.cell")
+    for code in range(0x80):
+        ch = chr(code)
+        assert (mmbench.xlsx_safe(ch) == "") == (cell.ILLEGAL_CHARACTERS_RE.search(ch) is not None)

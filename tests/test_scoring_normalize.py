@@ -2,7 +2,9 @@
 
 import pytest
 
-from llava.eval.scoring.vqa_normalize import (normalize_answer, soft_accuracy_from_matches,
+from llava.eval.scoring.vqa_normalize import (api_normalize, api_process_punctuation,
+                                              m4c_accuracy, normalize_answer,
+                                              soft_accuracy_from_matches, vqa_api_accuracy,
                                               vqa_soft_accuracy)
 
 
@@ -87,3 +89,61 @@ def test_soft_accuracy_bad_input():
         vqa_soft_accuracy("red", [])
     with pytest.raises(ValueError, match="matches"):
         soft_accuracy_from_matches(11, 10)
+
+
+# ----------------------------------------------------------------------------- VQA API variant
+@pytest.mark.parametrize("raw, expected", [
+    # vqaEval.py has no tokenisation step: "'s" is not split ...
+    ("man's hat", "man's hat"),
+    # ... its digit-comma-digit test needs exactly one comma: "1,,2" fails it, so each ","
+    # (touching no space) becomes a space -> "1  2" -> "1 2". (EvalAI deletes commas first.)
+    ("1,,2", "1 2"),
+    ("1,000", "1000"),          # one comma between digits: every punctuation mark deleted
+    ("Two Dogs!", "2 dogs"),    # lower-cased in the digit/article step only
+    ("The t-shirt.", "t shirt"),
+])
+def test_api_normalize_rules(raw, expected):
+    assert api_normalize(raw) == expected
+
+
+def test_api_and_evalai_differ_where_the_official_codes_do():
+    assert normalize_answer("man's hat") == "man 's hat"
+    assert normalize_answer("1,,2") == "12"
+
+
+def test_api_period_limit():
+    assert api_process_punctuation("x" + "." * 40) == "x" + "." * 8
+
+
+def _recs(*answers, ids=True):
+    return [{"answer": a, **({"answer_id": i + 1} if ids else {})}
+            for i, a in enumerate(answers)]
+
+
+def test_vqa_api_accuracy_normalises_only_when_humans_disagree():
+    # All 10 "yes": nothing is normalised, so "Yes" (not lower-cased) matches nobody.
+    assert vqa_api_accuracy("Yes", _recs(*["yes"] * 10)) == 0.0
+    assert vqa_api_accuracy(" yes\n", _recs(*["yes"] * 10)) == 1.0  # outer whitespace goes
+    # "Yes!" among 9 "yes": they disagree, so all are normalised ("Yes!" -> "yes") and so is
+    # the prediction: 10 matches -> 1.
+    assert vqa_api_accuracy("Yes!", _recs(*["yes"] * 9, "Yes!")) == 1.0
+
+
+def test_vqa_api_accuracy_leave_one_out_by_record_equality():
+    # 3 "red" + 7 "blue", prediction "red".
+    # With answer_ids each left-out record removes only itself: a left-out red keeps 2 reds
+    # (2/3), a left-out blue keeps 3 (1): (3 * 2/3 + 7) / 10 = 0.9.
+    humans = ["red"] * 3 + ["blue"] * 7
+    assert vqa_api_accuracy("red", _recs(*humans)) == pytest.approx(0.9)
+    assert vqa_api_accuracy("red", humans) == pytest.approx(0.9)  # strings: distinct records
+    # Without answer_ids the three red dicts are equal, so leaving one out removes all three
+    # (vqaEval's `item != gtAnsDatum`): red left out -> 0, blue left out -> 3 reds -> 1:
+    # (3 * 0 + 7 * 1) / 10 = 0.7.
+    assert vqa_api_accuracy("red", _recs(*humans, ids=False)) == pytest.approx(0.7)
+
+
+def test_m4c_accuracy_hand_values():
+    # Everything through the EvalAI processor: "The triangle." -> "triangle", 3 matches -> 0.9.
+    assert m4c_accuracy("The triangle.", ["triangle", "the triangle", "Triangle"] + ["x"] * 7) \
+        == pytest.approx(0.9)
+    assert m4c_accuracy("square", ["triangle"] * 10) == 0.0

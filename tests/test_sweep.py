@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from holov_patches.tables import BENCHMARKS
+from llava.eval.tables import BENCHMARKS
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SCRIPTS = REPO / "scripts/v1_5/eval"

@@ -1,4 +1,4 @@
-"""holov_patches.tables on hand-made result files: the average as % of the unpruned run,
+"""llava.eval.tables on hand-made result files: the average as % of the unpruned run,
 what is left out of it and why, ordering, the three output files, and the published rows."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from holov_patches import tables
+from llava.eval import tables
 
 
 def write_result(root: Path, run: str, folder: str, headline: float, benchmark: str | None = None) -> None:
@@ -115,3 +115,17 @@ def test_cli_with_published(run_set, tmp_path, capsys):
         sources = {r["source"] for r in csv.DictReader(f)}
     assert "ours" in sources and "HoloV Table 1" in sources
     assert tables.main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_lenient_figures_are_named_beside_the_official_ones(tmp_path):
+    root = tmp_path / "results" / "m"
+    write_result(root, "unpruned_k576", "gqa", 60.0)
+    path = root / "holov_k64" / "gqa" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"benchmark": "gqa", "headline": 54.0, "metrics": {}, "n": 10, "parser": "lenient",
+                                "lenient": {"headline": 55.5, "metrics": {}, "n": 10}}))
+    rows = by_key(tables.load_results(str(root)))
+    assert rows[("holov", 64)].scores == {"GQA": 54.0}  # the official figure stays in the table
+    assert rows[("holov", 64)].lenient == {"GQA": 55.5}
+    md = tables.to_markdown(list(rows.values()), ["GQA"], "t")
+    assert "- holov K=64: the official scorer's figures are shown; with --parser lenient: GQA 55.5" in md

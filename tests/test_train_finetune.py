@@ -13,6 +13,8 @@ import torch
 
 from holov_patches import PruningConfig, list_pruners
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 FIXTURES = os.path.join(REPO, "playground", "fixtures", "train")
 IMAGES = os.path.join(FIXTURES, "images")

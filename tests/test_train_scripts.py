@@ -17,6 +17,8 @@ import torch
 
 from holov_patches import PruningConfig, list_pruners
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # whole scripts / models end to end
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 METHOD = "holov" if "holov" in list_pruners() else "cls_topk"
 KEEP = 16

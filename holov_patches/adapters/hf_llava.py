@@ -6,7 +6,7 @@ projected patch features of each image [N, D] and the [CLS] -> patch attention o
 CLIP layer whose output LLaVA feeds the projector (``hidden_states[vision_feature_layer]``,
 -2 for LLaVA-1.5: ``layers[-2]``), averaged over heads. The row is recomputed from that
 layer's attention input, captured by a temporary pre-hook on its ``self_attn``, with the
-layer's own q/k projections (:func:`holov_patches.clip_cls_attention.cls_attention_from_hidden`):
+layer's own q/k projections (:func:`holov_patches.signals.cls_attention_from_hidden`):
 SDPA stays on and no attention map is materialised. The pruner gets the patch grid
 (24 x 24 for CLIP-L/336); all images of a call are pruned in one batched registry call.
 
@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from holov_patches.adapters import PrunedImage, SequencePruningAdapter, captured_argument, prune_part
-from holov_patches.clip_cls_attention import cls_attention_from_hidden
+from holov_patches.adapters.base import PrunedImage, SequencePruningAdapter, captured_argument, prune_part
+from holov_patches.signals import cls_attention_from_hidden
 
 
 def clip_layers(vision_tower: nn.Module) -> nn.ModuleList:
@@ -88,10 +88,11 @@ class HFLlavaAdapter(SequencePruningAdapter):
         return layers[selected_layer(layer, len(layers))].self_attn
 
     def cls_attention(self, arguments: Dict[str, Any], seen: Dict[str, Any]) -> torch.Tensor:
-        """[views, N] float32 [CLS] attention of the selected layer, from its captured input."""
+        """[views, N] [CLS] attention of the selected layer, from its captured input (in the
+        tower's dtype or float32, as ``config.attention_dtype`` says)."""
         hidden = captured_argument(seen, "hidden_states", 0, "the selected CLIP layer's self_attn")  # [views, 1+N, C], normed
         with torch.no_grad():
-            return cls_attention_from_hidden(self.signal_module(arguments), hidden)
+            return cls_attention_from_hidden(self.signal_module(arguments), hidden, self.config.attention_dtype)
 
     # -- pruning -------------------------------------------------------------
     def prune_encoded(self, arguments: Dict[str, Any], outputs, seen: Dict[str, Any]) -> List[PrunedImage]:
@@ -105,7 +106,7 @@ class HFLlavaAdapter(SequencePruningAdapter):
             raise ValueError(f"[CLS] attention {tuple(cls_attn.shape)} does not match the image features {tuple(tokens.shape[:2])}")
         grid = patch_grid(self.model.config.vision_config, tokens.shape[1])
         kept, index = prune_part(tokens, cls_attn, self.config, grid=grid)  # [I, K, D], [I, K]
-        return [PrunedImage(vectors=v, offsets=o) for v, o in zip(kept, index)]
+        return [PrunedImage(vectors=v, offsets=o, index=o, num_tokens=tokens.shape[1], grid=grid) for v, o in zip(kept, index)]
 
     # -- forward plumbing ----------------------------------------------------
     def encode_images(self, arguments: Dict[str, Any]):

@@ -10,10 +10,10 @@ in two parts with the one registry call (HoloV, NeurIPS 2025, arXiv 2510.02912):
 - high-res: [Hu*Wu] tokens, each with the [CLS] attention of the crop and patch it came
   from, grid (Hu, Wu) (crops follow the stitched 2-D layout, not the per-crop order).
 
-Budget: with ``ratio`` each part keeps round(n * (1 - ratio)) of its own n tokens; with an
-absolute ``keep`` = K per image the K is split between the parts in proportion to their
-token counts (base gets round(K * n_base / n_all), at least 1). Newline tokens are not
-counted.
+Budget: ``PruningConfig.split_budget([n_base, n_hires])``, the rule our own LLaVA-NeXT path
+uses too: K of the image's n_base + n_hires tokens (from ``keep`` or ``ratio`` of the
+total), split in proportion to the parts' sizes by largest remainder. Newline tokens are
+not counted.
 
 ``image_newline``: dropped in faithful mode, as the authors' anyres path does (only kept
 tokens reach the LLM, in the pruner's order); in improved mode the kept tokens of each
@@ -32,21 +32,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from holov_patches.adapters import PrunedImage, prune_part
+from holov_patches.adapters.base import PrunedImage, prune_part
 from holov_patches.adapters.hf_llava import HFLlavaAdapter, patch_grid
-from holov_patches.config import PruningConfig
-
-
-def split_budget(config: PruningConfig, n_base: int, n_hires: int) -> Tuple[int, int]:
-    """(K_base, K_hires) for one image; see the module docstring."""
-    if config.keep is None:
-        return config.resolve_keep(n_base), (config.resolve_keep(n_hires) if n_hires else 0)
-    total = n_base + n_hires
-    keep = min(config.keep, total)
-    if n_hires == 0:
-        return keep, 0
-    k_base = min(n_base, max(1, round(keep * n_base / total)))
-    return k_base, min(n_hires, keep - k_base)
 
 
 def packed_layout(base_model: nn.Module, crops_per_image: Sequence[int], patches_per_crop: int,
@@ -110,10 +97,11 @@ class HFLlavaNextAdapter(HFLlavaAdapter):
         hires_offsets = patches + (~is_newline).nonzero().squeeze(1)  # [n_hires] run offsets, raster order
         newline_offsets = patches + is_newline.nonzero().squeeze(1)  # [rows]
         n_hires, rows = int(hires_offsets.numel()), int(newline_offsets.numel())
-        k_base, k_hires = split_budget(self.config, patches, n_hires)
+        k_base, k_hires = self.config.split_budget([patches, n_hires])
 
         base_kept, base_index = prune_part(feats[None, :patches], signal[None, :patches], self.config, keep=k_base, grid=side)
         vectors, offsets = [base_kept[0]], [base_index[0]]  # base offsets are its patch indices (-1 = zero pad)
+        indices = [base_index[0]]
         if n_hires:
             if n_hires % rows:
                 raise ValueError(f"{n_hires} high-res tokens do not fill {rows} rows")
@@ -122,13 +110,15 @@ class HFLlavaNextAdapter(HFLlavaAdapter):
                                      grid=(rows, n_hires // rows))
             vectors.append(kept[0])
             offsets.append(torch.where(index[0] >= 0, hires_offsets[index[0].clamp(min=0)], index[0]))
-        vectors, offsets = torch.cat(vectors), torch.cat(offsets)  # [K', D], [K']
-        if self.config.mode == "faithful":
-            return PrunedImage(vectors=vectors, offsets=offsets)
-        return self.with_newlines(feats, vectors, offsets, newline_offsets, n_hires, patches)
+            indices.append(torch.where(index[0] >= 0, patches + index[0], index[0]))
+        vectors, offsets, kept_index = torch.cat(vectors), torch.cat(offsets), torch.cat(indices)  # [K', D], [K'], [K']
+        parts = [side] + ([(rows, n_hires // rows)] if n_hires else [])
+        if self.config.mode != "faithful":
+            vectors, offsets = self.with_newlines(feats, vectors, offsets, newline_offsets, n_hires, patches)
+        return PrunedImage(vectors=vectors, offsets=offsets, index=kept_index, num_tokens=patches + n_hires, parts=parts)
 
     @staticmethod
-    def with_newlines(feats, vectors, offsets, newline_offsets, n_hires: int, patches: int) -> PrunedImage:
+    def with_newlines(feats, vectors, offsets, newline_offsets, n_hires: int, patches: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Improved mode: raster order, plus the newline of every row that keeps a token."""
         real = offsets >= 0
         if n_hires:
@@ -141,5 +131,5 @@ class HFLlavaNextAdapter(HFLlavaAdapter):
         all_vectors = torch.cat([vectors[real], feats[lines]])
         order = torch.argsort(all_offsets, stable=True)  # packed layout: row-major, newline at each row's end
         pads = ~real  # zero pads (none from improved HoloV) go last
-        return PrunedImage(vectors=torch.cat([all_vectors[order], vectors[pads]]),
-                           offsets=torch.cat([all_offsets[order], offsets[pads]]))
+        return (torch.cat([all_vectors[order], vectors[pads]]),  # vectors, offsets
+                torch.cat([all_offsets[order], offsets[pads]]))

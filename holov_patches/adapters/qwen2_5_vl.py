@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 from torch import nn
 
-from holov_patches.adapters import PrunedImage, SequencePruningAdapter, captured_argument, prune_part
+from holov_patches.adapters.base import PrunedImage, SequencePruningAdapter, captured_argument, prune_part
 
 _MAX_SCORE_ELEMENTS = 1 << 24  # attention probabilities held at once while scoring (64 MiB of float32)
 
@@ -108,8 +108,10 @@ class Qwen2_5_VLAdapter(SequencePruningAdapter):
             raise ValueError(f"{scores.numel()} scores for {sum(sizes)} merged image tokens")
         results = []
         for feats, signal, (_, h, w) in zip(features, scores.split(sizes), grid_thw.tolist()):
-            kept, index = prune_part(feats[None], signal[None], self.config, grid=(h // merge, w // merge))
-            results.append(PrunedImage(vectors=kept[0], offsets=index[0]))
+            grid = (h // merge, w // merge)
+            kept, index = prune_part(feats[None], signal[None], self.config, grid=grid)
+            results.append(PrunedImage(vectors=kept[0], offsets=index[0], index=index[0], num_tokens=feats.shape[0],
+                                       grid=grid))
         return results
 
     def encode_images(self, arguments: Dict[str, Any]):

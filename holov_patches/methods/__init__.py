@@ -1,3 +1,2 @@
-"""Importing this package registers every built-in pruning method."""
-from holov_patches import holov  # noqa: F401  (registers "holov")
-from holov_patches.methods import cls_topk, divprune, fastv, random, visionzip  # noqa: F401  (one method per file)
+"""Importing this package registers every built-in pruning method (one method per file)."""
+from holov_patches.methods import cls_topk, divprune, fastv, holov, random, visionzip  # noqa: F401

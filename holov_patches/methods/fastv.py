@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from holov_patches.methods.cls_topk import is_int
+from holov_patches.methods._contract import is_int
 from holov_patches.registry import register_pruner
 
 DEFAULT_LAYER = 2

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from holov_patches.methods.cls_topk import check_pruner_inputs, gather_tokens, is_int, keep_all_tokens
+from holov_patches.methods._contract import check_pruner_inputs, gather_tokens, is_int, keep_all_tokens
 from holov_patches.registry import register_pruner
 
 _MAX_SEED = 2**63 - 1

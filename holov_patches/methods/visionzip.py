@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from holov_patches.methods.cls_topk import (
+from holov_patches.methods._contract import (
     check_choice, check_pruner_inputs, gather_tokens, is_int, keep_all_tokens)
 from holov_patches.registry import register_pruner
 

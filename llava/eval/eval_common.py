@@ -20,9 +20,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Type
 import torch
 
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import build_prompt, get_conv_template
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.eval.answers_io import model_fingerprint
+from llava.model.builder import load_pretrained_model
+from llava.utils import LlavaArgumentParser, default_device, pick_device
 
 T = TypeVar("T")
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -57,7 +60,7 @@ def get_chunk(lst: Sequence[T], n: int, k: int) -> Sequence[T]:
 def build_parser(description: str, *, max_new_tokens: int, image_folder_required: bool = True,
                  single_pred_prompt: bool = False) -> argparse.ArgumentParser:
     """LLaVA's eval flags plus pruning and ``--device``; entry points add their own extras."""
-    p = argparse.ArgumentParser(description=description)
+    p = LlavaArgumentParser(description=description)
     p.add_argument("--model-path", type=str, required=True)
     p.add_argument("--model-base", type=str, default=None)
     p.add_argument("--image-folder", type=str, required=image_folder_required, default="")
@@ -74,7 +77,7 @@ def build_parser(description: str, *, max_new_tokens: int, image_folder_required
     if single_pred_prompt:
         p.add_argument("--single-pred-prompt", action="store_true",
                        help=f"append {MC_PROMPT!r} to every question")
-    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=str, default=default_device())
     # Stop after this many new answers: lets tests stand in for a killed run.
     p.add_argument("--max-questions", type=int, default=None, help=argparse.SUPPRESS)
     add_pruning_args(p)
@@ -82,13 +85,14 @@ def build_parser(description: str, *, max_new_tokens: int, image_folder_required
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject values that would otherwise fail late inside generate or the chunking."""
+    """Reject values that would otherwise fail late inside generate, the chunking or the
+    answers file (all before the model loads)."""
     if args.num_chunks < 1:
         raise ValueError(f"--num-chunks {args.num_chunks} must be >= 1")
     if not 0 <= args.chunk_idx < args.num_chunks:
         raise ValueError(f"--chunk-idx {args.chunk_idx} must be in [0, {args.num_chunks})")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature {args.temperature} must be >= 0 (0 = greedy)")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature {args.temperature} must be a finite number >= 0 (0 = greedy)")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top_p {args.top_p} must be in (0, 1]")
     if args.num_beams < 1:
@@ -97,6 +101,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max_new_tokens {args.max_new_tokens} must be >= 1")
     if args.max_questions is not None and args.max_questions < 0:
         raise ValueError(f"--max-questions {args.max_questions} must be >= 0")
+    from llava.eval.answers_io import check_answers_path
+
+    check_answers_path(args.answers_file)
+    question_file = os.path.expanduser(args.question_file)
+    if not os.path.isfile(question_file):
+        what = "a directory" if os.path.isdir(question_file) else "not found"
+        raise ValueError(f"--question-file {args.question_file} is {what}; give the benchmark's question file")
+    folder = getattr(args, "image_folder", "")
+    if folder and not os.path.isdir(os.path.expanduser(folder)):
+        raise ValueError(f"--image-folder {folder} is not a directory")
 
 
 # ---------------------------------------------------------------- model
@@ -113,19 +127,19 @@ class EvalModel:
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> "EvalModel":
-        from llava.model.builder import load_pretrained_model
-        from llava.utils import disable_torch_init, pick_device
-
-        disable_torch_init()
         model_path = os.path.expanduser(args.model_path)
+        model_base = os.path.expanduser(args.model_base) if args.model_base else None
         model_name = get_model_name_from_path(model_path)
         get_conv_template(args.conv_mode)  # unknown names fail before the model loads
         tokenizer, model, image_processor, _ = load_pretrained_model(
-            model_path, args.model_base, model_name, device=pick_device(args.device),
+            model_path, model_base, model_name, device=pick_device(args.device),
             pruning=pruning_config_from_args(args))
         generation = {"temperature": args.temperature, "top_p": args.top_p, "num_beams": args.num_beams,
                       "max_new_tokens": args.max_new_tokens, "conv_mode": args.conv_mode}
-        return cls(tokenizer, model, image_processor, model_name, args.conv_mode, generation)
+        em = cls(tokenizer, model, image_processor, model_name, args.conv_mode, generation)
+        # after loading: a hub id is in the local cache by now
+        em.fingerprint = model_fingerprint(model_path, model_base)
+        return em
 
     @property
     def pruning(self) -> Optional[Dict[str, Any]]:
@@ -136,20 +150,18 @@ class EvalModel:
     @property
     def settings(self) -> Dict[str, Any]:
         """What must match between an answers file and a run that resumes it."""
+        fingerprint = getattr(self, "fingerprint", None)
+        if fingerprint is None:
+            raise ValueError("EvalModel.fingerprint is not set (use EvalModel.load, or set it with "
+                             "answers_io.model_fingerprint): answers could not be tied to the weights")
+        # model_id is only the folder's name; the fingerprint tells two trainings in one folder apart
         return {"model_id": self.model_name, "metadata.pruning": self.pruning,
-                "metadata.generation": self.generation}
+                "metadata.generation": self.generation, "metadata.model_fingerprint": fingerprint}
 
     def prompt(self, question: str, with_image: bool) -> str:
         """The conversation prompt for one question: ``<image>\\n`` + question when there is an image."""
-        if with_image:
-            if getattr(self.model.config, "mm_use_im_start_end", False):
-                question = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n" + question
-            else:
-                question = DEFAULT_IMAGE_TOKEN + "\n" + question
-        conv = get_conv_template(self.conv_mode)
-        conv.append_message(conv.roles[0], question)
-        conv.append_message(conv.roles[1], None)
-        return conv.get_prompt()
+        return build_prompt(question, self.conv_mode, int(with_image),
+                            mm_use_im_start_end=getattr(self.model.config, "mm_use_im_start_end", False))
 
     def input_ids(self, prompt: str) -> torch.Tensor:
         return tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
@@ -191,22 +203,70 @@ class EvalModel:
 # ---------------------------------------------------------------- question files
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
     """A LLaVA question file (one JSON object a line); a bad line names file:line."""
+    data = read_text(path, "question file")
     out = []
-    with open(os.path.expanduser(path), encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]}")
+        out.append(item)
     return out
 
 
-def require_keys(item: Dict[str, Any], keys: Iterable[str], where: str) -> None:
+def read_text(path: str, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a missing, undecodable or non-file path raises ValueError
+    naming it (and where the bad byte is)."""
+    full = os.path.expanduser(path)
+    if not os.path.isfile(full):
+        raise ValueError(f"{what} {path} {'is a directory' if os.path.isdir(full) else 'does not exist'}")
+    with open(full, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text: byte {raw[err.start]:#04x} at offset {err.start} "
+                         f"(line {line}); convert it to UTF-8") from err
+
+
+# What a question's fields must hold when present.
+FIELD_TYPES = {"question_id": ((str, int), "a string or an integer"), "text": ((str,), "a string"),
+               "image": ((str,), "a non-empty file name"), "id": ((str, int), "a string or an integer")}
+
+
+def require_keys(item: Dict[str, Any], keys: Iterable[str], where: str, optional: Iterable[str] = ()) -> None:
+    """``item`` has every one of ``keys``; those and the ``optional`` keys it has hold the
+    types of FIELD_TYPES (``"image": null`` is an error, not "no image")."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: a question must be a JSON object, got {json.dumps(item, ensure_ascii=False)[:200]}")
+    keys = list(keys)
     missing = [k for k in keys if k not in item]
     if missing:
         raise ValueError(f"{where}: question lacks {missing}: {json.dumps(item, ensure_ascii=False)[:200]}")
+    for key in keys + [k for k in optional if k in item]:
+        if key not in FIELD_TYPES:
+            continue
+        types, what = FIELD_TYPES[key]
+        value = item[key]
+        if isinstance(value, bool) or not isinstance(value, types) or (key == "image" and not value):
+            raise ValueError(f"{where}: question {item.get('question_id', item.get('id'))!r} has {key}="
+                             f"{json.dumps(value, ensure_ascii=False)[:80]}; it must be {what}"
+                             + (" (leave the key out for a text-only question)" if key == "image" and
+                                "image" in optional else ""))
+
+
+def check_image_files(questions: Sequence[Dict[str, Any]], image_folder: str, where: str) -> None:
+    """Every question's ``image`` exists under ``image_folder`` (looked up, not opened)."""
+    folder = os.path.expanduser(image_folder or "")
+    missing = [q["image"] for q in questions if "image" in q and not os.path.isfile(os.path.join(folder, q["image"]))]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} image(s) not found under --image-folder {image_folder!r}, "
+                         f"e.g. {missing[:3]}")
 
 
 def check_unique(questions: Sequence[Dict[str, Any]], where: str) -> None:

@@ -29,7 +29,13 @@ from tqdm import tqdm
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from holov_patches.config import PruningConfig
+from accelerate import Accelerator
+
+from holov_patches.cli_args import FLAG_NAMES, pruning_config_from_kwargs
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates, get_conv_template, user_message
+from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
 
 MODEL_ID = "llava_holov"
 DTYPES = {"auto": "auto", "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
@@ -83,29 +89,19 @@ class LlavaHolov(lmms):
     def __init__(self, pretrained: str, model_base: Optional[str] = None, conv_template: str = "vicuna_v1",
                  device: Optional[str] = None, device_map: Optional[str] = None, batch_size: Any = 1,
                  dtype: Optional[str] = None, attn_implementation: Optional[str] = None,
-                 max_length: Optional[int] = None, holov_tokens: Optional[int] = None,
-                 prune_ratio: Optional[float] = None, holov_crops: Optional[int] = None,
-                 holov_mode: Optional[str] = None, prune_method: Optional[str] = None,
-                 holov_alpha: Optional[float] = None, holov_crop_shape: Optional[str] = None,
-                 holov_rank_by: Optional[str] = None, holov_diversity_scale: Optional[str] = None,
-                 holov_position_ids: Optional[str] = None, model_name: Optional[str] = None,
-                 use_cache: bool = True, max_batch_size: Optional[int] = None, **unknown: Any) -> None:
+                 max_length: Optional[int] = None, model_name: Optional[str] = None,
+                 use_cache: bool = True, max_batch_size: Optional[int] = None, **pruning_args: Any) -> None:
+        """``pruning_args``: the pruning flags of ``holov_patches.cli_args.FLAGS`` by name
+        (holov_tokens, prune_ratio, holov_mode, prune_method, ...)."""
         super().__init__()
+        unknown = sorted(set(pruning_args) - set(FLAG_NAMES))
         if unknown:
-            raise ValueError(f"unknown llava_holov model_args {sorted(unknown)}; accepted: pretrained, model_base, "
+            raise ValueError(f"unknown llava_holov model_args {unknown}; accepted: pretrained, model_base, "
                              "conv_template, device, device_map, batch_size, dtype, attn_implementation, max_length, "
-                             "holov_tokens, prune_ratio, holov_crops, holov_mode, prune_method, holov_alpha, "
-                             "holov_crop_shape, holov_rank_by, holov_diversity_scale, holov_position_ids, "
-                             "model_name, use_cache")
+                             f"model_name, use_cache, {', '.join(FLAG_NAMES)}")
         if max_batch_size is not None:
             raise ValueError(f"max_batch_size={max_batch_size!r} only applies to batch_size=auto, which llava_holov "
                              "does not support; give --batch_size N")
-        from accelerate import Accelerator
-
-        from llava.conversation import conv_templates
-        from llava.mm_utils import get_model_name_from_path
-        from llava.model.builder import load_pretrained_model
-
         if conv_template not in conv_templates:
             raise ValueError(f"conv_template={conv_template!r} is not one of {sorted(conv_templates)}")
         self.conv_template = conv_template
@@ -115,12 +111,7 @@ class LlavaHolov(lmms):
         if dtype is not None and str(dtype) not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
 
-        requested = PruningConfig.from_flags(tokens=holov_tokens, ratio=prune_ratio, crops=holov_crops,
-                                             mode=holov_mode, method=prune_method, alpha=holov_alpha,
-                                             crop_shape=_none_if_blank(holov_crop_shape),
-                                             rank_by=_none_if_blank(holov_rank_by),
-                                             diversity_scale=_none_if_blank(holov_diversity_scale),
-                                             position_ids=_none_if_blank(holov_position_ids))
+        requested = pruning_config_from_kwargs(pruning_args)
 
         # One model copy per process: `accelerate launch` splits the requests over ranks.
         self.accelerator = Accelerator()
@@ -188,8 +179,6 @@ class LlavaHolov(lmms):
 
     def _images(self, visuals: List[Any]):
         """PIL images -> pixel tensor(s) on the model's device and dtype, or None for text-only."""
-        from llava.mm_utils import process_images
-
         if not visuals:
             return None
         images = process_images(visuals, self._image_processor, self._config)
@@ -199,20 +188,12 @@ class LlavaHolov(lmms):
 
     def _conversation(self, context: str, num_images: int):
         """LLaVA's prompt: image tokens first (unless the task placed them), then the question."""
-        from llava.constants import DEFAULT_IMAGE_TOKEN
-        from llava.conversation import conv_templates
-
-        if num_images and DEFAULT_IMAGE_TOKEN not in context:
-            context = " ".join([DEFAULT_IMAGE_TOKEN] * num_images) + "\n" + context
-        conv = conv_templates[self.conv_template].copy()
-        conv.append_message(conv.roles[0], context)
+        conv = get_conv_template(self.conv_template)
+        conv.append_message(conv.roles[0], user_message(context, num_images, keep_placed_tags=True))
         conv.append_message(conv.roles[1], None)
         return conv
 
     def _ids(self, prompt: str) -> torch.Tensor:
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import tokenizer_image_token
-
         return tokenizer_image_token(prompt, self._tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
 
     def _left_pad(self, rows: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -13,24 +13,28 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from llava.eval.answers_io import AnswerWriter, question_prompt_key
-from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
+from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_prompt_key
+from llava.eval.eval_common import (EvalModel, build_parser, check_args, check_image_files, check_unique, get_chunk, limit,
+                                    read_jsonl, require_keys)
 from llava.mm_utils import load_image
-from llava.utils import exit_code_of
+from llava.utils import die_with_parent, exit_code_of
 
 
 def eval_model(args) -> str:
     check_args(args)
     questions = read_jsonl(args.question_file)
     for q in questions:
-        require_keys(q, ("question_id", "text"), args.question_file)
+        require_keys(q, ("question_id", "text"), args.question_file, optional=("image",))
     check_unique(questions, args.question_file)
     questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
-    em = EvalModel.load(args)
-    with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
+    check_image_files(questions, args.image_folder, args.question_file)
+    # the answers file is locked before the model loads: a second run refuses at once
+    with AnswerWriter(args.answers_file, question_prompt_key, wait=args.wait_for_lock) as writer:
+        em = EvalModel.load(args)
+        writer.expect(em.settings)
         todo = writer.pending(questions, lambda q: (str(q["question_id"]), q["text"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
-            if line.get("image"):
+            if "image" in line:
                 image = load_image(os.path.join(args.image_folder, line["image"]))
                 input_ids = em.input_ids(em.prompt(line["text"], with_image=True))
                 text = em.generate(input_ids, em.image_tensor([image]), [image.size])
@@ -41,7 +45,8 @@ def eval_model(args) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024).parse_args(argv)
+    die_with_parent()
+    args = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024)).parse_args(argv)
     return exit_code_of(eval_model, args)
 
 

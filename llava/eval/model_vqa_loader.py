@@ -18,10 +18,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from llava.eval.answers_io import AnswerWriter, question_prompt_key
-from llava.eval.eval_common import EvalModel, build_parser, check_args, check_unique, get_chunk, limit, read_jsonl, require_keys
+from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_prompt_key
+from llava.eval.eval_common import (EvalModel, build_parser, check_args, check_image_files, check_unique, get_chunk, limit,
+                                    read_jsonl, require_keys)
 from llava.mm_utils import load_image
-from llava.utils import exit_code_of
+from llava.utils import die_with_parent, exit_code_of
 
 
 class QuestionDataset(Dataset):
@@ -49,8 +50,13 @@ def eval_model(args) -> str:
         require_keys(q, ("question_id", "image", "text"), args.question_file)
     check_unique(questions, args.question_file)
     questions = get_chunk(questions, args.num_chunks, args.chunk_idx)
-    em = EvalModel.load(args)
-    with AnswerWriter(args.answers_file, question_prompt_key, em.settings) as writer:
+    check_image_files(questions, args.image_folder, args.question_file)
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers {args.num_workers} must be >= 0")
+    # the answers file is locked before the model loads: a second run refuses at once
+    with AnswerWriter(args.answers_file, question_prompt_key, wait=args.wait_for_lock) as writer:
+        em = EvalModel.load(args)
+        writer.expect(em.settings)
         todo = list(limit(writer.pending(questions, lambda q: (str(q["question_id"]), q["text"])), args.max_questions))
         workers = args.num_workers if args.num_workers is not None else (4 if str(em.model.device).startswith("cuda") else 0)
         # batch_size=None: items come one by one, unbatched, as LLaVA's batch of 1.
@@ -63,7 +69,8 @@ def eval_model(args) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser(__doc__.split("\n\n")[0], max_new_tokens=128)
+    die_with_parent()
+    parser = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=128))
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers preparing images (default: 4 on GPU, 0 on CPU)")
     args = parser.parse_args(argv)

@@ -22,11 +22,11 @@ from typing import Any, Dict, List, Optional
 
 from tqdm import tqdm
 
-from llava.eval.answers_io import AnswerWriter, question_round_key
+from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_round_key
 from llava.eval.eval_common import (MC_PROMPT, MC_PROMPT_CN, EvalModel, build_parser, check_args, get_chunk, limit,
-                                    require_keys)
+                                    read_text, require_keys)
 from llava.mm_utils import load_image_from_base64
-from llava.utils import exit_code_of
+from llava.utils import die_with_parent, exit_code_of
 
 ALL_OPTIONS = ("A", "B", "C", "D")
 
@@ -57,9 +57,15 @@ def load_rows(path: str) -> List[Dict[str, Any]]:
 
     An ``image`` cell holding another row's index (VLMEvalKit's way of sharing an image)
     is replaced by that row's image."""
+    import io
+
     import pandas as pd
 
-    df = pd.read_csv(os.path.expanduser(path), sep="\t", dtype=str)
+    text = read_text(path, "question file")  # not UTF-8: one clear error naming the file
+    try:
+        df = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: not a readable TSV ({err})") from err
     rows = df.to_dict("records")
     for row in rows:
         require_keys(row, ("index", "question", "image"), path)
@@ -101,8 +107,10 @@ def eval_model(args) -> str:
     check_args(args)
     rows = get_chunk(load_rows(args.question_file), args.num_chunks, args.chunk_idx)
     suffix = instruction(args.lang, args.single_pred_prompt)
-    em = EvalModel.load(args)
-    with AnswerWriter(args.answers_file, question_round_key, em.settings) as writer:
+    # the answers file is locked before the model loads: a second run refuses at once
+    with AnswerWriter(args.answers_file, question_round_key, wait=args.wait_for_lock) as writer:
+        em = EvalModel.load(args)
+        writer.expect(em.settings)
         every = [(row, r) for row in rows for r in range(len(get_options(row)) if args.all_rounds else 1)]
         jobs = writer.pending(every, lambda job: (str(job[0]["index"]), job[1]))  # (row, round) pairs still to answer
         for row, round_idx in tqdm(list(limit(jobs, args.max_questions)), desc="questions"):
@@ -121,8 +129,9 @@ def eval_model(args) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, image_folder_required=False,
-                          single_pred_prompt=True)
+    die_with_parent()
+    parser = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, image_folder_required=False,
+                                       single_pred_prompt=True))
     parser.add_argument("--lang", type=str, default="en", choices=("en", "cn"),
                         help="language of the --single-pred-prompt instruction")
     parser.add_argument("--all-rounds", action="store_true",

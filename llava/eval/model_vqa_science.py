@@ -22,25 +22,30 @@ from typing import Any, Dict, List, Optional
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.answers_io import AnswerWriter, question_key
-from llava.eval.eval_common import (MC_PROMPT, EvalModel, build_parser, check_args, get_chunk, limit,
-                                    require_keys)
+from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_key
+from llava.eval.eval_common import (MC_PROMPT, EvalModel, build_parser, check_args, check_image_files, get_chunk, limit,
+                                    read_text, require_keys)
 from llava.mm_utils import load_image
-from llava.utils import exit_code_of
+from llava.utils import die_with_parent, exit_code_of
 
 
 def question_text(line: Dict[str, Any], where: str) -> str:
     """The first human turn without its ``<image>`` marker."""
-    require_keys(line, ("id", "conversations"), where)
+    require_keys(line, ("id", "conversations"), where, optional=("image",))
     turns = line["conversations"]
-    if not isinstance(turns, list) or not turns or "value" not in turns[0]:
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict) or "value" not in turns[0]:
         raise ValueError(f"{where}: problem {line['id']!r} has no first turn with a 'value'")
+    if not isinstance(turns[0]["value"], str):
+        raise ValueError(f"{where}: problem {line['id']!r} has a {type(turns[0]['value']).__name__} first turn "
+                         f"'value'; it must be a string")
     return turns[0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
 
 
 def load_questions(path: str) -> List[Dict[str, Any]]:
-    with open(os.path.expanduser(path), encoding="utf-8") as f:
-        questions = json.load(f)
+    try:
+        questions = json.loads(read_text(path, "question file"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
     if not isinstance(questions, list):
         raise ValueError(f"{path}: expected a JSON list of problems, got {type(questions).__name__}")
     seen = set()
@@ -55,8 +60,11 @@ def load_questions(path: str) -> List[Dict[str, Any]]:
 def eval_model(args) -> str:
     check_args(args)
     questions = get_chunk(load_questions(args.question_file), args.num_chunks, args.chunk_idx)
-    em = EvalModel.load(args)
-    with AnswerWriter(args.answers_file, question_key, em.settings) as writer:
+    check_image_files(questions, args.image_folder, args.question_file)
+    # the answers file is locked before the model loads: a second run refuses at once
+    with AnswerWriter(args.answers_file, question_key, wait=args.wait_for_lock) as writer:
+        em = EvalModel.load(args)
+        writer.expect(em.settings)
         todo = writer.pending(questions, lambda q: str(q["id"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
             qs = question_text(line, args.question_file)
@@ -64,7 +72,7 @@ def eval_model(args) -> str:
             if args.single_pred_prompt:
                 qs = qs + "\n" + MC_PROMPT
                 shown = shown + "\n" + MC_PROMPT
-            if line.get("image"):
+            if "image" in line:
                 image = load_image(os.path.join(args.image_folder, line["image"]))
                 input_ids = em.input_ids(em.prompt(qs, with_image=True))
                 text = em.generate(input_ids, em.image_tensor([image]), [image.size])
@@ -76,7 +84,9 @@ def eval_model(args) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, single_pred_prompt=True).parse_args(argv)
+    die_with_parent()
+    args = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024,
+                                     single_pred_prompt=True)).parse_args(argv)
     return exit_code_of(eval_model, args)
 
 

@@ -5,38 +5,25 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import torch
 
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template, infer_conv_mode
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import build_prompt, infer_conv_mode
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.utils import disable_torch_init, exit_code_of, pick_device
-
-
-def build_prompt(query: str, conv_mode: str, mm_use_im_start_end: bool) -> str:
-    image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if mm_use_im_start_end else DEFAULT_IMAGE_TOKEN
-    if IMAGE_PLACEHOLDER in query:
-        query = re.sub(re.escape(IMAGE_PLACEHOLDER), image_token, query)
-    elif DEFAULT_IMAGE_TOKEN not in query:
-        query = image_token + "\n" + query
-    conv = get_conv_template(conv_mode)
-    conv.append_message(conv.roles[0], query)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+from llava.utils import LlavaArgumentParser, default_device, exit_code_of, pick_device
 
 
 def eval_model(args: argparse.Namespace) -> str:
-    disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, model_name, device=pick_device(args.device), pruning=pruning_config_from_args(args))
     conv_mode = args.conv_mode or infer_conv_mode(model_name)
-    prompt = build_prompt(args.query, conv_mode, getattr(model.config, "mm_use_im_start_end", False))
+    prompt = build_prompt(args.query, conv_mode, mm_use_im_start_end=getattr(model.config, "mm_use_im_start_end", False),
+                          keep_placed_tags=True)
     images = [load_image(f) for f in args.image_file.split(args.sep)]
     image_tensor = process_images(images, image_processor, model.config)
     image_tensor = image_tensor.to(model.device, dtype=model.dtype) if isinstance(image_tensor, torch.Tensor) else \
@@ -54,7 +41,7 @@ def eval_model(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = LlavaArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=str, default="facebook/opt-350m")
     p.add_argument("--model-base", type=str, default=None)
     p.add_argument("--image-file", type=str, required=True)
@@ -65,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=str, default=default_device())
     return add_pruning_args(p)
 
 

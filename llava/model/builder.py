@@ -18,6 +18,7 @@ import torch
 
 from holov_patches import resolve_pruning_config
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.builder import looks_like_local_path
 from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,10 @@ def _files_with_tower_weights(model_path: str) -> List[str]:
         path = os.path.join(model_path, index)
         if os.path.isfile(path):
             with open(path) as f:
-                weight_map = json.load(f)["weight_map"]
+                index_data = json.load(f)
+            weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{path} has no 'weight_map' (a sharded checkpoint's index must map each weight to its file)")
             return sorted({file for key, file in weight_map.items() if key.startswith(TOWER_PREFIX)})
     return sorted(f for f in os.listdir(model_path)
                   if f.endswith(".safetensors") or (f.endswith(".bin") and f not in _NOT_WEIGHTS))
@@ -133,13 +137,38 @@ def _load_tower_weights_from_checkpoint(model, model_path: str) -> int:
     return len(state)
 
 
+def check_checkpoint_source(model_path: str, model_base: Optional[str]) -> None:
+    """Fail before any weight is read, naming the path: a missing folder, a folder without
+    config.json (transformers would build a default 7B model), a LoRA checkpoint without
+    its base."""
+    for what, path in (("--model-path", model_path), ("--model-base", model_base)):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"config.json not found in {path} ({what}): not a model checkpoint folder")
+        elif os.path.exists(path):
+            raise ValueError(f"{what} {path} is a file; give the checkpoint folder (or a hub id such as liuhaotian/llava-v1.5-7b)")
+        elif looks_like_local_path(path):
+            raise ValueError(f"{what} {path} does not exist (not a folder here, and not a hub id of the form owner/name)")
+    if model_base is None and os.path.isdir(model_path) and any(
+            os.path.isfile(os.path.join(model_path, f)) for f in ("adapter_config.json", "non_lora_trainables.bin")):
+        raise ValueError(f"{model_path} is a LoRA checkpoint (it has adapter_config.json / non_lora_trainables.bin): "
+                         "give the base model it was trained on with --model-base (e.g. lmsys/vicuna-7b-v1.5)")
+
+
 def load_pretrained_model(model_path: str, model_base: Optional[str], model_name: str, load_8bit: bool = False,
-                          load_4bit: bool = False, device_map="auto", device: str = "cuda", use_flash_attn: bool = False,
+                          load_4bit: bool = False, device_map="auto", device: Optional[str] = None, use_flash_attn: bool = False,
                           pruning=None, **kwargs) -> Tuple[Any, Any, Any, int]:
     """Returns ``(tokenizer, model, image_processor, context_len)`` like the original.
 
+    ``device`` defaults to ``cuda`` when CUDA is available, else ``cpu``.
     Also accepts the keywords lmms-eval's ``llava`` wrapper passes (``multimodal``,
     ``attn_implementation``, ``customized_config``, ``overwrite_config``)."""
+    check_checkpoint_source(model_path, model_base)
+    # The original defaults to "cuda"; without CUDA that is a crash deep in loading (lmms-eval's
+    # stock wrapper passes no device), so the default is cuda when there is one, else cpu.
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     multimodal = bool(kwargs.pop("multimodal", False))
     customized_config = kwargs.pop("customized_config", None)
     overwrite_config = kwargs.pop("overwrite_config", None)
@@ -156,9 +185,6 @@ def load_pretrained_model(model_path: str, model_base: Optional[str], model_name
         model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
         tokenizer = _tokenizer(src)
         return tokenizer, model, None, getattr(model.config, "max_sequence_length", 2048)
-
-    if "lora" in model_name.lower() and model_base is None:
-        logger.warning("a LoRA-looking model name with no --model-base: loading %s as a full checkpoint", model_path)
 
     if model_base is not None and os.path.isfile(os.path.join(model_path, "non_lora_trainables.bin")) or \
             (model_base is not None and os.path.isfile(os.path.join(model_path, "adapter_config.json"))):
@@ -184,12 +210,16 @@ def load_pretrained_model(model_path: str, model_base: Optional[str], model_name
 def _finish_multimodal(model, tokenizer, model_path: str, device_map, dtype):
     from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 
-    if getattr(model.config, "mm_use_im_patch_token", False):
+    # The original's defaults: a config that does not say mm_use_im_patch_token counts as
+    # True (it adds <im_patch>), and the embeddings always end up len(tokenizer) rows, so a
+    # checkpoint with padded embedding rows is cut to the tokenizer (new rows are drawn as
+    # 4.37 did: the model's own init, not 5.x's mean of the old rows).
+    if getattr(model.config, "mm_use_im_patch_token", True):
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
     if getattr(model.config, "mm_use_im_start_end", False):
         tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     tower = model.get_vision_tower()
     if tower is None:
         raise ValueError(f"{model_path} has no mm_vision_tower in its config: it is not a multimodal LLaVA checkpoint")

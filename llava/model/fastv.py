@@ -8,9 +8,12 @@ pre-hooks on this model instance's decoder layers (removable, no class patched):
 - layer K-1: recompute that one attention row from the layer's input with its own
   q/k projections and rotary embedding (SDPA does not return weights), pick the kept
   image tokens through the registry's ``fastv`` selection;
-- layers >= K: during the prefill, gather the kept positions from hidden states, rotary
-  embeddings, position ids and the 4-D mask; during decoding, gather the mask columns
-  (their KV caches only hold the kept positions).
+- layers >= K: during the prefill, gather the kept positions from the hidden states (first
+  layer >= K only: the later ones receive the shortened sequence) and, in every layer >= K,
+  from the rotary embeddings, position ids and the 4-D mask, which the decoder loop computes
+  once for the unpruned sequence; during decoding, gather the mask columns (their KV caches
+  only hold the kept positions). The prefill is told apart from a decoding step by the
+  length of the rotary embeddings the loop passes, not by the hidden states.
 
 Positions keep their original values (rotary phases are gathered, not recomputed), and
 decoding continues from the full prompt length. Limits: every row of a batch must hold
@@ -105,9 +108,10 @@ class FastVHooks:
         hidden = self._hidden(args, kwargs)
         bsz = hidden.shape[0]
         mask = kwargs.get("attention_mask")
-        if hidden.shape[1] == self.full_len:  # the prefill: drop the pruned image tokens
-            hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-            cos, sin = kwargs["position_embeddings"]
+        cos, sin = kwargs["position_embeddings"]  # [B or 1, T, hd]: the decoder loop's, unpruned, for every layer
+        if cos.shape[1] == self.full_len:  # the prefill: every layer >= K sees only the kept tokens
+            if hidden.shape[1] == self.full_len:  # the first such layer drops the pruned image tokens;
+                hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # later ones get them dropped
             kwargs["position_embeddings"] = tuple(
                 t.expand(bsz, -1, -1).gather(1, index[..., None].expand(-1, -1, t.shape[-1])) for t in (cos, sin))
             if isinstance(kwargs.get("position_ids"), torch.Tensor):

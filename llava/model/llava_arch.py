@@ -6,7 +6,6 @@ the holov_patches registry, and splice them into the text embeddings.
 """
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -14,22 +13,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from holov_patches import PruningConfig, prune_visual_tokens, resolve_pruning_config
+from holov_patches import PruningConfig, prune_visual_tokens
+from holov_patches.record import PruningRecord
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
+from llava.model.fastv import FastVHooks
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
-
-_UNSET = object()
-
-
-@dataclass
-class PruningRecord:
-    """What the last forward kept, per image, for visualisation and tests."""
-    kept_index: List[torch.Tensor]  # per image: [K] positions in that image's token list (-1 = zero pad)
-    num_tokens: List[int]  # per image: visual tokens before pruning
-    grids: List[Optional[Tuple[int, int]]]  # per image: (rows, cols) of the pruned token map, if 2-D
-
 
 @dataclass
 class ImageTokens:
@@ -65,6 +55,16 @@ def _offsets_in_span(index: torch.Tensor, newline_rows, span: int) -> torch.Tens
         hi = index - n_base
         offsets = torch.where(index >= n_base, n_base + (hi // width) * (width + 1) + hi % width, index)
     return torch.where(index >= 0, offsets, torch.full_like(offsets, span - 1))
+
+
+def check_prompt_length(lengths: Sequence[int], max_len: int) -> None:
+    """At inference nothing is cut: a prompt longer than the model's ``tokenizer_model_max_length``
+    (text + visual tokens, after pruning) is an error that names both lengths."""
+    longest = max(lengths)
+    if longest > max_len:
+        raise ValueError(f"the prompt is {longest} tokens long (text + visual tokens after pruning) but the model "
+                         f"takes at most tokenizer_model_max_length={max_len}; shorten the prompt or keep fewer "
+                         "visual tokens (--holov-tokens)")
 
 
 class LlavaMetaModel:
@@ -112,14 +112,18 @@ class LlavaMetaModel:
 
 
 def unpad_image(tensor: torch.Tensor, original_size: Tuple[int, int]) -> torch.Tensor:
-    """Crop the padding that resize_and_pad_image added: tensor [C, H, W], size (width, height)."""
+    """Crop the padding that resize_and_pad_image added: tensor [C, H, W], size (width, height).
+
+    As the original, except that the image's side is at least one row / column: for very
+    narrow images (1 x 4000, 3 x 2000) the original's int(...) gives 0 and the crop is
+    empty, which crashes every later step."""
     orig_w, orig_h = original_size
     cur_h, cur_w = tensor.shape[1:]
     if orig_w / orig_h > cur_w / cur_h:
-        new_h = int(orig_h * (cur_w / orig_w))
+        new_h = max(1, int(orig_h * (cur_w / orig_w)))
         pad = (cur_h - new_h) // 2
         return tensor[:, pad:cur_h - pad, :]
-    new_w = int(orig_w * (cur_h / orig_h))
+    new_w = max(1, int(orig_w * (cur_h / orig_h)))
     pad = (cur_w - new_w) // 2
     return tensor[:, :, pad:cur_w - pad]
 
@@ -133,42 +137,41 @@ class LlavaMetaForCausalLM(ABC):
         return self.get_model().get_vision_tower()
 
     # ------------------------------------------------------------ pruning setting
-    def set_pruning(self, config) -> None:
-        """Fix the pruning setting (a PruningConfig, dict, string or None for off)."""
-        self._holov_pruning = resolve_pruning_config(explicit=config, environ={}) if config is not None else None
-        self._sync_fastv(self._holov_pruning)
+    # The setting is resolved once, where the model is loaded (builder / training set-up:
+    # explicit > HOLOV_PRUNING > the checkpoint's saved ``holov`` block > off), and set here;
+    # every forward reads ``self.pruning`` once and passes it down as an argument.
+    pruning: Optional[PruningConfig] = None
+    fastv_hooks: Optional[FastVHooks] = None  # in-LLM methods live as hooks on this instance's decoder layers
+    last_pruning: Optional[PruningRecord] = None  # what the last pruned forward kept (for pictures and tests)
 
-    def _sync_fastv(self, config: Optional[PruningConfig]) -> None:
-        """In-LLM methods (FastV) live as hooks on this instance's decoder layers."""
-        hooks = getattr(self, "_holov_fastv", None)
-        if hooks is not None and (config is None or hooks.config is not config):
-            hooks.remove()
-            self._holov_fastv = None
-        if config is not None and config.stage == "llm" and getattr(self, "_holov_fastv", None) is None:
-            from llava.model.fastv import FastVHooks
+    def set_pruning(self, config: Optional[PruningConfig]) -> None:
+        """Use this resolved setting from the next forward on (None = off).
 
-            self._holov_fastv = FastVHooks(self.get_model(), config)
-
-    def _fastv_hooks(self):
-        self.get_pruning()  # resolves env / saved settings on first use
-        return getattr(self, "_holov_fastv", None)
+        Resolve flags, ``HOLOV_PRUNING`` and the saved block first with
+        ``holov_patches.resolve_pruning_config``; a string or dict is refused here so that
+        no second resolution can happen behind the caller's back."""
+        if config is not None and not isinstance(config, PruningConfig):
+            raise TypeError(f"set_pruning takes a resolved PruningConfig or None, got {type(config).__name__}: "
+                            f"{config!r:.80}; use holov_patches.resolve_pruning_config(...) first")
+        config = None if config is None or config.is_off else config
+        if self.fastv_hooks is not None:
+            self.fastv_hooks.remove()
+            self.fastv_hooks = None
+        if config is not None and config.stage == "llm":
+            self.fastv_hooks = FastVHooks(self.get_model(), config)
+        self.pruning = config
 
     def get_pruning(self) -> Optional[PruningConfig]:
-        """The explicit setting if one was set, else environment > saved ``holov`` block > off."""
-        current = getattr(self, "_holov_pruning", _UNSET)
-        if current is _UNSET:
-            current = resolve_pruning_config(saved=getattr(self.config, "holov", None))
-            self._holov_pruning = current
-            self._sync_fastv(current)
-        return current
+        """The setting in effect (None = off)."""
+        return self.pruning
 
     # ------------------------------------------------------------ images
-    def encode_images(self, images: torch.Tensor, with_cls_attn: bool = False):
+    def encode_images(self, images: torch.Tensor, with_cls_attn: bool = False, attention_dtype: str = "model"):
         """images [B, 3, S, S] -> projected features [B, N, D] (and [CLS] attention [B, N])."""
         tower = self.get_model().get_vision_tower()
         images = images.to(device=tower.device, dtype=tower.dtype)  # e.g. float16 from lmms-eval
         if with_cls_attn:
-            features, cls_attn = tower(images, with_cls_attn=True)
+            features, cls_attn = tower(images, with_cls_attn=True, attention_dtype=attention_dtype)
             return self.get_model().mm_projector(features), cls_attn
         return self.get_model().mm_projector(tower(images))
 
@@ -176,31 +179,34 @@ class LlavaMetaForCausalLM(ABC):
         """Run the registry's pruner on [M, N, D] features of M images sharing one layout."""
         return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid)
 
-    def _image_features(self, images, image_sizes) -> List[ImageTokens]:
-        """Per image: its visual tokens (pruned when a pruning setting is active) and where
-        each one sat in the image's unpruned span."""
-        cfg = self.get_pruning()
-        if cfg is not None and cfg.stage != "pre_llm":
-            cfg = None  # in-LLM methods (FastV) act inside the language model, not here
+    def _prune_part(self, feats, attn, cfg: PruningConfig, keep: int, grid) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One part of a multi-part image with its share ``keep`` of the budget (0 keeps nothing)."""
+        if keep == 0:
+            return feats[:, :0], torch.zeros(feats.shape[0], 0, dtype=torch.long, device=feats.device)
+        return self._prune(feats, attn, cfg.with_keep(keep), grid)
+
+    def _image_features(self, images, image_sizes, cfg: Optional[PruningConfig],
+                        record: Optional[PruningRecord]) -> List[ImageTokens]:
+        """Per image: its visual tokens (pruned by the pre-LLM setting ``cfg``, None = off)
+        and where each one sat in the image's unpruned span; each image is added to ``record``."""
         tower = self.get_vision_tower()
         side = tower.num_patches_per_side
         want_attn = cfg is not None
-        record = PruningRecord([], [], []) if cfg is not None else None
-        self.last_pruning = record
+        dtype = cfg.attention_dtype if cfg is not None else "model"
 
         if not (isinstance(images, list) or images.ndim == 5):
-            out = self.encode_images(images, with_cls_attn=want_attn)
+            out = self.encode_images(images, with_cls_attn=want_attn, attention_dtype=dtype)
             if cfg is None:
                 return [ImageTokens.whole(feat) for feat in out]
             feats, attn = out
             kept, index = self._prune(feats, attn, cfg, (side, side))
-            record.kept_index.extend(index)
-            record.num_tokens.extend([feats.shape[1]] * feats.shape[0])
-            record.grids.extend([(side, side)] * feats.shape[0])
-            return [ImageTokens.kept(k, i, feats.shape[1]) for k, i in zip(kept, index)]
+            results = [ImageTokens.kept(k, i, feats.shape[1]) for k, i in zip(kept, index)]
+            for i, image in zip(index, results):
+                record.add_image(i, feats.shape[1], (side, side), image.offsets, image.span)
+            return results
 
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
-        out = self.encode_images(torch.cat(images, dim=0), with_cls_attn=want_attn)
+        out = self.encode_images(torch.cat(images, dim=0), with_cls_attn=want_attn, attention_dtype=dtype)
         split = [x.shape[0] for x in images]
         feats_all, attn_all = out if want_attn else (out, None)
         per_image = list(torch.split(feats_all, split, dim=0))  # each [n_crops, N, D]
@@ -232,9 +238,8 @@ class LlavaMetaForCausalLM(ABC):
                 kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
                 kept_tokens, index = kept[0], index[0]
                 offsets = _offsets_in_span(index, newline_rows, span)
-            record.kept_index.append(index)
-            record.num_tokens.append(tokens.shape[0])
-            record.grids.append(grid)
+            parts = [(side, side), newline_rows[1:]] if newline_rows is not None and newline_rows[1] > 0 else None
+            record.add_image(index, tokens.shape[0], grid, offsets, span, parts)
             results.append(ImageTokens(kept_tokens, offsets, span))
         return results
 
@@ -270,13 +275,9 @@ class LlavaMetaForCausalLM(ABC):
         newline-free token list, position of every returned embedding in the unpruned span)."""
         n_base, height, width = layout
         side = int(round(n_base ** 0.5))
-        keep = cfg.resolve_keep(tokens.shape[0])
-        keep_base = min(n_base, max(1, round(keep * n_base / tokens.shape[0])))
-        keep_hi = max(1, keep - keep_base)
-        base_cfg = dataclasses.replace(cfg, keep=keep_base, ratio=None)
-        hi_cfg = dataclasses.replace(cfg, keep=keep_hi, ratio=None)
-        kb, ib = self._prune(tokens[None, :n_base], token_attn[None, :n_base], base_cfg, (side, side))
-        kh, ih = self._prune(tokens[None, n_base:], token_attn[None, n_base:], hi_cfg, (height, width))
+        keep_base, keep_hi = cfg.split_budget([n_base, tokens.shape[0] - n_base])
+        kb, ib = self._prune_part(tokens[None, :n_base], token_attn[None, :n_base], cfg, keep_base, (side, side))
+        kh, ih = self._prune_part(tokens[None, n_base:], token_attn[None, n_base:], cfg, keep_hi, (height, width))
         order = ih[0].argsort()  # raster order of the kept high-res tokens
         hi_index, hi_tokens = ih[0][order], kh[0][order]
         row = hi_index // width
@@ -312,7 +313,11 @@ class LlavaMetaForCausalLM(ABC):
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
-        image_features = self._image_features(images, image_sizes)
+        cfg = self.pruning  # read once: this forward's setting, passed down from here
+        pre_llm = cfg if cfg is not None and cfg.stage == "pre_llm" else None  # FastV acts inside the LLM
+        record = PruningRecord() if pre_llm is not None else None
+        self.last_pruning = record
+        image_features = self._image_features(images, image_sizes, pre_llm, record)
         given_labels, given_positions, given_mask = labels, position_ids, attention_mask
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if labels is None:
@@ -357,19 +362,21 @@ class LlavaMetaForCausalLM(ABC):
             new_positions.append(torch.cat(piece_positions, dim=0))
 
         max_len = getattr(self.config, "tokenizer_model_max_length", None)
-        if max_len is not None:
+        if max_len is not None and given_labels is None:
+            check_prompt_length([x.shape[0] for x in new_embeds], max_len)
+        if max_len is not None:  # training (labels given): LLaVA's cut at tokenizer_model_max_length
             new_embeds = [x[:max_len] for x in new_embeds]
             new_labels = [x[:max_len] for x in new_labels]
             new_visual = [x[:max_len] for x in new_visual]
             new_positions = [x[:max_len] for x in new_positions]
-        cfg = self.get_pruning()
-        original = cfg is not None and cfg.stage == "pre_llm" and cfg.keeps_original_positions
+        original = pre_llm is not None and pre_llm.keeps_original_positions
         side = padding_side or getattr(self.config, "tokenizer_padding_side", "right")
         out = self._pad_batch(new_embeds, new_labels, past_key_values, given_labels, given_positions, given_mask, side,
                               new_positions if original else None)
-        fastv = self._fastv_hooks()
-        if fastv is not None:
-            fastv.arm(self._pad_flags(new_visual, out[4].shape[1], side))
+        if record is not None:
+            record.position_ids = out[1]
+        if self.fastv_hooks is not None:
+            self.fastv_hooks.arm(self._pad_flags(new_visual, out[4].shape[1], side))
         return out
 
     @staticmethod

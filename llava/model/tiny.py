@@ -8,7 +8,9 @@ OUT_DIR gets what a ``liuhaotian/llava-v1.5-7b``-style checkpoint has: ``config.
 ``image_aspect_ratio: pad``), the LLaMA + projector weights, a SentencePiece LLaMA
 tokenizer trained offline, and a tiny CLIP-336/14 tower (576 patches) with its
 ``preprocessor_config.json`` in a folder that ``mm_vision_tower`` names relative to the
-checkpoint. Nothing is downloaded; it takes about a second. The model answers gibberish.
+checkpoint. The files are also loadable by the original LLaVA code at transformers 4.37
+(see ``llava.model.checkpoint_compat``). Nothing is downloaded; it takes about a second. The
+model answers gibberish.
 """
 from __future__ import annotations
 
@@ -67,11 +69,13 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512, extra_text: Iterable[st
 def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: int = 336, patch_size: int = 14) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
+    from llava.model.checkpoint_compat import make_tower_compatible
     from llava.model.multimodal_encoder.clip_encoder import image_processor_class
 
     cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
     CLIPVisionModel(cfg).save_pretrained(out_dir)
+    make_tower_compatible(out_dir)  # vision_model.* keys, as 4.x (and the original LLaVA) expect
     image_processor_class()(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_center_crop=True, do_resize=True,
                        do_normalize=True, do_convert_rgb=True).save_pretrained(out_dir)
@@ -82,6 +86,7 @@ def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int
                      arch: str = "llava-1.5", with_tower_weights: bool = False, seed: int = 0, force: bool = False,
                      backbone: str = "llama") -> str:
     """Write the checkpoint and return ``out_dir``; an existing complete one is kept unless ``force``."""
+    from llava.model.checkpoint_compat import make_checkpoint_compatible
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
     from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 
@@ -121,6 +126,7 @@ def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int
     model.save_pretrained(out_dir)
     if backbone == "llama":
         to_original_config(os.path.join(out_dir, "config.json"))
+    make_checkpoint_compatible(out_dir)  # loadable by the original LLaVA code at transformers 4.37
     return out_dir
 
 

@@ -8,12 +8,13 @@ fine-tune of an existing LLaVA checkpoint cannot silently change its architectur
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
 import transformers
 
 from holov_patches import PruningConfig
+from holov_patches.cli_args import FLAG_NAMES, pruning_config_from_values, pruning_dataclass_fields
 
 # LLaVA's defaults, applied when vision modules are created on a plain language model.
 FRESH_MM_DEFAULTS = {
@@ -51,27 +52,14 @@ class DataArguments:
     image_aspect_ratio: Optional[str] = field(default=None, metadata={"help": "square, pad (LLaVA-1.5) or anyres; default: the checkpoint's, else square"})
 
 
-@dataclass
-class PruningArguments:
-    """The HoloV-LLaVA pruning flags, spelt like the other entry points' (underscores here)."""
-    holov_tokens: Optional[int] = field(default=None, metadata={"help": "visual tokens kept per image (K), e.g. 64/128/192 of 576"})
-    prune_ratio: Optional[float] = field(default=None, metadata={"help": "fraction of visual tokens pruned, in (0, 1)"})
-    holov_crops: Optional[int] = field(default=None, metadata={"help": "HoloV crops P (default max(1, floor(1024/576 * N / K)))"})
-    holov_mode: Optional[str] = field(default=None, metadata={"help": "HoloV mode: faithful or improved"})
-    prune_method: Optional[str] = field(default=None, metadata={"help": "registered pruning method (holov, cls_topk, random, ...; none = off)"})
-    holov_alpha: Optional[float] = field(default=None, metadata={"help": "HoloV diversity weight (default 0.09)"})
-    holov_crop_shape: Optional[str] = field(default=None, metadata={"help": "improved mode: square or raster crops"})
-    holov_rank_by: Optional[str] = field(default=None, metadata={"help": "improved mode: combined or attention ranking"})
-    holov_diversity_scale: Optional[str] = field(default=None, metadata={"help": "improved mode: crop or image"})
-    holov_position_ids: Optional[str] = field(default=None, metadata={"help": "compact or original positions after pruning"})
+def _to_config(self) -> Optional[PruningConfig]:
+    """``None`` when no flag was given (then HOLOV_PRUNING or the checkpoint's saved setting applies)."""
+    return pruning_config_from_values({name: getattr(self, name) for name in FLAG_NAMES})
 
-    def to_config(self) -> Optional[PruningConfig]:
-        """``None`` when no flag was given (then HOLOV_PRUNING or the checkpoint's saved setting applies)."""
-        return PruningConfig.from_flags(tokens=self.holov_tokens, ratio=self.prune_ratio, crops=self.holov_crops,
-                                        mode=self.holov_mode, method=self.prune_method, alpha=self.holov_alpha,
-                                        crop_shape=self.holov_crop_shape, rank_by=self.holov_rank_by,
-                                        diversity_scale=self.holov_diversity_scale,
-                                        position_ids=self.holov_position_ids)
+
+# The HoloV-LLaVA pruning flags, generated from the one table (holov_patches.cli_args.FLAGS):
+# spelt with underscores here, as LLaVA's training flags are.
+PruningArguments = make_dataclass("PruningArguments", pruning_dataclass_fields(), namespace={"to_config": _to_config})
 
 
 @dataclass
@@ -90,6 +78,15 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_projector_lr: Optional[float] = field(default=None, metadata={"help": "learning rate of the projector (default: learning_rate)"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "batches of image samples and of text-only samples, each grouped by length"})
     warmup_ratio: Optional[float] = field(default=None, metadata={"help": "LLaVA's name for a warmup fraction; transformers 5 takes it as a float warmup_steps"})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "resume from this checkpoint-N folder, or 'latest' for the newest checkpoint-N in --output_dir. "
+                "Without it (or --auto_resume_trusted_checkpoints), an --output_dir that already holds checkpoints "
+                "is refused rather than trained over"})
+    auto_resume_trusted_checkpoints: bool = field(default=False, metadata={
+        "help": "LLaVA's behaviour: resume from the newest checkpoint-N in --output_dir whenever there is one. "
+                "This trusts whatever sits in --output_dir to be this run's own checkpoints: its weights, optimizer, "
+                "scheduler and RNG state are loaded as they are (with weights_only=True, so no pickled code runs, "
+                "but nothing checks that they come from this run, model or data)"})
 
     def __post_init__(self):
         if self.warmup_ratio is not None:
@@ -104,6 +101,8 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"model_max_length={self.model_max_length} must be >= 1")
         if self.mm_projector_lr is not None and not self.mm_projector_lr > 0:
             raise ValueError(f"mm_projector_lr={self.mm_projector_lr} must be > 0")
+        if self.resume_from_checkpoint is not None and not str(self.resume_from_checkpoint).strip():
+            raise ValueError("--resume_from_checkpoint is empty; give a checkpoint-N folder or 'latest'")
         super().__post_init__()
         ds_config = getattr(getattr(self, "hf_deepspeed_config", None), "config", {})
         if self.mm_projector_lr is not None and "optimizer" in ds_config:

@@ -9,7 +9,10 @@ checkpoints in the three layouts ``load_pretrained_model`` reads back.
   other trained non-LoRA weights) and ``config.json``; load with ``model_base``.
 
 Every layout carries the training's pruning setting in ``config.json`` (``holov``), and
-intermediate ``checkpoint-N`` folders use the same layout as the final one.
+intermediate ``checkpoint-N`` folders use the same layout as the final one. Every layout is
+also written so that the original LLaVA code at transformers 4.37 loads it
+(``llava.model.checkpoint_compat``: 4.x config keys, ``tokenizer.model`` + ``legacy``, and an
+``adapter_config.json`` an older peft accepts).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Dict, Optional
 import torch
 from transformers import Trainer
 
+from llava.model.checkpoint_compat import make_checkpoint_compatible
 from llava.train.sampler import ModalityLengthGroupedSampler
 
 SAVE_MODES = ("full", "projector", "lora")
@@ -77,7 +81,10 @@ class LLaVATrainer(Trainer):
             # leave it out of the weights.
             if state_dict is None:
                 state_dict = self.accelerator.unwrap_model(self.model, keep_torch_compile=False).state_dict()
-            return super()._save(output_dir, {k: v for k, v in state_dict.items() if TOWER_KEY not in k})
+            super()._save(output_dir, {k: v for k, v in state_dict.items() if TOWER_KEY not in k})
+            if self.args.should_save:
+                make_checkpoint_compatible(output_dir, self.processing_class)
+            return
         if self.save_mode == "lora":
             super()._save(output_dir, state_dict)  # the peft adapter (and tokenizer)
         if not self.args.should_save:
@@ -94,6 +101,7 @@ class LLaVATrainer(Trainer):
             weights = {k: v for k, v in state_dict.items() if k in trained and "lora_" not in k}
             torch.save(_cpu(weights), os.path.join(output_dir, "non_lora_trainables.bin"))
         self._base_model().config.save_pretrained(output_dir)
+        make_checkpoint_compatible(output_dir, self.processing_class)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resuming (without DeepSpeed, whose engine checkpoint holds everything): the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Token-budget sweep: every (method, K, benchmark) through scripts/v1_5/eval/<bench>.sh,
-# then the paper-style table (Markdown, CSV, plot of score vs K) with holov_patches.tables.
+# then the paper-style table (Markdown, CSV, plot of score vs K) with llava.eval.tables.
 #
 #   MODEL=liuhaotian/llava-v1.5-7b METHODS="holov visionzip" BENCHES="pope mme gqa" \
 #     KEEPS="576 192 128 64" [PUBLISHED=1] bash scripts/holov/sweep.sh
@@ -41,6 +41,10 @@ done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || holov_die "JOBS=$JOBS must be a positive integer"
 
 failures=()
+# A killed sweep takes its benchmark scripts (and, through them, their python workers) along.
+trap 'jobs -pr | xargs -r kill 2>/dev/null; wait' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 declare -A RUNNING=()  # pid -> "description|log file"
 
 record_status() {  # record_status RC DESCRIPTION [LOG]
@@ -94,7 +98,7 @@ trap - INT TERM
 
 TABLE_ARGS=()
 [[ -z "${PUBLISHED:-}" ]] || TABLE_ARGS=(--published)
-python -m holov_patches.tables "$RUN_SET" --out "$RUN_SET/table" "${TABLE_ARGS[@]}"
+python -m llava.eval.tables "$RUN_SET" --out "$RUN_SET/table" "${TABLE_ARGS[@]}"
 
 if (( ${#failures[@]} )); then
   printf 'failed runs:\n' >&2

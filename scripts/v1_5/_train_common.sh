@@ -15,7 +15,8 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT" || exit
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck disable=SC1091
+source "$ROOT/scripts/use_venv.sh"  # the project's .venv, activated if needed
 
 SMOKE="${SMOKE:-0}"
 TOKENS="${TOKENS:-64}"

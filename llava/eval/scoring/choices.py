@@ -1,11 +1,12 @@
-"""Reading the chosen option letter out of a multiple-choice answer.
+"""Reading the chosen option letter out of a multiple-choice answer (our lenient parser).
 
-Used by ScienceQA, MMBench and SEED-Bench, whose prompts end with "Answer with the option's
-letter from the given choices directly." LLaVA's ScienceQA scorer (``eval_science_qa.py``)
-accepts, in order: the bare letter, a letter followed by ". " at the start, and
-"The answer is X". MMBench's exact-matching stage (VLMEvalKit ``can_infer``) also accepts
-an answer that is exactly one option's text. This parser accepts the union, never guesses,
-and returns None when nothing matches so the caller can count it as unparseable (wrong):
+Used by MMBench's local score, and by ScienceQA and SEED-Bench under ``--parser lenient``
+only: their default (official) readings are stricter and live in their modules
+(``scienceqa.official_letter``: bare letter, ``"X. ..."``, one ``The answer is ([A-Z]).``;
+SEED: the text must equal the letter). MMBench's exact-matching stage (VLMEvalKit
+``can_infer``) also accepts an answer that is exactly one option's text. This parser
+accepts the union of such forms, never guesses, and returns None when nothing matches so the
+caller can count it as unparseable (wrong):
 
 1. the stripped text, less a trailing period and surrounding brackets, is one letter;
 2. the text starts with a letter followed by ``.``, ``)`` or ``:`` and then a space or end

@@ -24,9 +24,20 @@ ChatGPT to map unreadable answers; we do not. ``single_pass_accuracy`` is the pl
 accuracy of the original rows' first pass.
 
 ``--submission-file`` writes the TSV's rows without the image (and the columns LLaVA drops)
-plus a ``prediction`` column (the round-0 answer text): ``.xlsx`` when openpyxl is installed,
-otherwise a ``.tsv`` beside the requested path (a message says so). The test split has no
-``answer`` column, so it can only be converted, not scored.
+plus a ``prediction`` column (the round-0 answer text), as LLaVA's
+``convert_mmbench_for_submission.py`` does: ``.xlsx`` when openpyxl is installed, otherwise a
+``.tsv`` beside the requested path (a message says so). The test split has no ``answer``
+column, so it can only be converted, not scored. Two differences from LLaVA's converter, both
+where it fails: it crashes (openpyxl's ``IllegalCharacterError``) on an answer holding a
+control character that XLSX cannot store, so in an ``.xlsx`` we delete those characters --
+U+0000-U+0008, U+000B, U+000C, U+000E-U+001F, openpyxl's ``ILLEGAL_CHARACTERS_RE`` -- from
+every text cell (tab, newline and carriage return stay; the ``.tsv`` keeps everything) and
+print how many cells changed; and with ``--all-rounds`` answers its "last line wins" loop
+would upload the last rotation's answer, while we upload round 0's, whose letters refer to
+the options as the TSV lists them.
+
+This local score has no official twin (the MMBench server maps unreadable answers with
+ChatGPT); its rules are the CircularEval ones above.
 
 CLI::
 
@@ -44,6 +55,7 @@ import argparse
 import importlib.util
 import math
 import os
+import re
 from collections import defaultdict
 
 from llava.eval.scoring import scoring_io
@@ -52,6 +64,14 @@ from llava.eval.scoring.choices import LETTERS, parse_option_letter
 CIRCULAR_STRIDE = 1_000_000
 OPTION_COLUMNS = ("A", "B", "C", "D")
 UPLOAD_DROP_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
+# The characters openpyxl refuses in a cell (its ILLEGAL_CHARACTERS_RE): C0 controls other
+# than tab, newline and carriage return.
+XLSX_ILLEGAL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def xlsx_safe(value):
+    """``value`` with the characters an XLSX cell cannot hold deleted (non-strings as is)."""
+    return XLSX_ILLEGAL_CHARACTERS.sub("", value) if isinstance(value, str) else value
 
 
 def _is_none(value) -> bool:
@@ -184,6 +204,16 @@ def write_submission(answers: list[dict], tsv_path: str, out_path: str) -> str:
         os.makedirs(parent, exist_ok=True)
     if out_path.endswith(".xlsx"):
         if importlib.util.find_spec("openpyxl") is not None:
+            n_changed = 0
+            for col in out.columns:
+                dirty = out[col].map(lambda v: isinstance(v, str)
+                                     and XLSX_ILLEGAL_CHARACTERS.search(v) is not None)
+                if dirty.any():
+                    n_changed += int(dirty.sum())
+                    out[col] = out[col].map(xlsx_safe)
+            if n_changed:
+                print(f"{n_changed} cell(s) held control characters an .xlsx cannot store; "
+                      "they were deleted (see the module doc)")
             out.to_excel(out_path, index=False, engine="openpyxl")
             return out_path
         tsv_out = out_path[: -len(".xlsx")] + ".tsv"

@@ -23,6 +23,14 @@ using a single word or phrase." and "Please answer yes or no." and collapsing sp
 LLaVA's ``convert_answer_to_mme.py`` undoes). With ``--allow-missing`` only the subtasks and
 images that were answered count (acc+ over images whose questions were all answered).
 
+The figures equal LLaVA's pipeline (``convert_answer_to_mme.py``, then the release's
+``eval_tool/calculation.py``): same parsing (the trailing newline ``calculation.py`` leaves on
+each prediction cannot change its 4-character test), same acc and acc+. ``calculation.py``
+forms acc+ pairs from consecutive lines; we pair the two questions of an image, the same
+pairs for answers in the question file's order (as LLaVA's and our runs write them). An
+answer holding a tab or newline breaks ``calculation.py``'s line format; here it is just
+parsed. No ``--parser`` flag: there is no second reading.
+
 CLI::
 
     python -m llava.eval.scoring.mme --answers-file A.jsonl [...]

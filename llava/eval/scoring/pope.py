@@ -15,7 +15,14 @@ LLaVA's script would divide by zero.
 Files (LLaVA layout): ``--question-file llava_pope_test.jsonl`` gives each question's split
 in ``category``; ``--annotation-dir coco`` holds ``coco_pope_<split>.json`` (JSON lines with
 ``image``, ``text``, ``label``). LLaVA pairs answers and labels by position; we pair them by
-(split, image, question text), which gives the same pairs and does not depend on order.
+(split, image, question text), which gives the same pairs whenever the answers come in the
+question file's order (as LLaVA's and our runs write them, chunks merged in order) and does
+not depend on order otherwise (where LLaVA's pairing would score answers against other
+questions' labels).
+
+The per-split figures equal LLaVA's ``llava/eval/eval_pope.py`` (same parsing rule, same
+counts); there is no ``--parser`` flag because there is no second reading. The mean-F1
+headline is the pruning papers' summary of those figures.
 
 CLI::
 

@@ -5,13 +5,28 @@ Every scorer CLI takes the same three flags from :func:`add_common_args`:
 * ``--answers-file PATH [PATH ...]``: the model's answers, LLaVA JSONL (one object a line:
   ``question_id, prompt, text, answer_id, model_id, metadata``); several files (the chunks
   of a multi-GPU run) are read in order as if concatenated.
-* ``--result-file OUT.json``: where to write ``{"benchmark", "headline", "metrics", "n"}``.
+* ``--result-file OUT.json``: where to write ``{"benchmark", "headline", "metrics", "n"}``
+  (plus ``parser`` and ``lenient`` with ``--parser lenient``, see below).
 * ``--allow-missing``: score only the questions that were answered. Without it a question
   of the split with no answer is an error, because a lost chunk would otherwise lower the
   score silently (the official scripts either crash or count it wrong).
 
 An answer for a question that is not in the benchmark, or two answers for one question, is
 always an error: both mean the wrong files were passed.
+
+The scorers whose official evaluator parses answers more strictly than we used to (VQAv2,
+TextVQA, GQA, ScienceQA, SEED) also take ``--parser {official,lenient}`` (:func:`add_parser_arg`).
+The default, ``official``, gives exactly the official evaluator's figures. ``lenient`` keeps
+those as the result's ``headline`` / ``metrics`` (so tables stay comparable) and adds, never
+instead, the lenient figures beside them (:func:`with_lenient`)::
+
+    {"benchmark", "headline", "metrics", "n",            # official, as always
+     "parser": "lenient",                                # only with --parser lenient
+     "lenient": {"headline", "metrics", "n"}}            # only with --parser lenient
+
+The official scorers also refuse an answers file whose ``question_id`` types differ from
+the ones the official evaluator looks up (e.g. ``"101"`` where it looks up ``101``): the
+official code silently scores such answers 0 (:func:`check_id_types`).
 """
 
 from __future__ import annotations
@@ -23,6 +38,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 RESULT_KEYS = ("benchmark", "headline", "metrics", "n")
+# Present only in results made with ``--parser lenient`` (see the module doc).
+LENIENT_RESULT_KEYS = ("parser", "lenient")
+PARSERS = ("official", "lenient")
 
 
 def read_jsonl(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict]:
@@ -105,6 +123,45 @@ def make_result(benchmark: str, headline: float, metrics: dict, n: int) -> dict:
     return {"benchmark": benchmark, "headline": float(headline), "metrics": metrics, "n": int(n)}
 
 
+def with_lenient(official: dict, lenient: dict) -> dict:
+    """The official result with the lenient figures beside it (``--parser lenient``)."""
+    if official["benchmark"] != lenient["benchmark"]:
+        raise ValueError(f"official and lenient results are for different benchmarks: "
+                         f"{official['benchmark']!r} vs {lenient['benchmark']!r}")
+    return {**official, "parser": "lenient",
+            "lenient": {"headline": float(lenient["headline"]), "metrics": lenient["metrics"],
+                        "n": int(lenient["n"])}}
+
+
+def add_parser_arg(parser: argparse.ArgumentParser, lenient_help: str) -> None:
+    """``--parser {official,lenient}``, default official; ``lenient_help``: what lenient adds."""
+    parser.add_argument("--parser", choices=PARSERS, default="official",
+                        help="official (default): exactly the official evaluator's rules; "
+                             "lenient: also report, beside the official figures, "
+                             + lenient_help)
+
+
+def check_id_types(answers: Iterable[dict], official_keys: Iterable[Hashable], *,
+                   what: str) -> None:
+    """Raise when an answer's ``question_id`` equals an official key only as a string.
+
+    The official evaluators look answers up by the id exactly as they load it (SEED: the
+    int of the annotation's id; ScienceQA: the problem-id string; VQAv2: the question
+    file's int), so ``"101"`` never finds ``101`` and the question silently scores 0.
+    """
+    keys = set(official_keys)
+    as_str = {str(k): k for k in keys}
+    bad = [(a["question_id"], as_str[str(a["question_id"])]) for a in answers
+           if a["question_id"] not in keys and str(a["question_id"]) in as_str]
+    if bad:
+        got, want = bad[0]
+        raise ValueError(
+            f"{len(bad)} {what} answer(s) have question_id {got!r} ({type(got).__name__}) "
+            f"where the official evaluator looks up {want!r} ({type(want).__name__}); it "
+            "would score them 0. Answer the question file whose ids have the official type "
+            "(e.g. LLaVA's llava-seed-bench.jsonl has int ids) or fix the ids")
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, answers_required: bool = True) -> None:
     parser.add_argument("--answers-file", nargs="+", required=answers_required, metavar="JSONL",
                         help="model answers in LLaVA JSONL; several chunk files are concatenated")
@@ -138,6 +195,9 @@ def report(result: dict, result_file: str | None, lines: Sequence[str] = ()) -> 
         if key not in result:
             raise ValueError(f"result lacks {key!r}; keys are {sorted(result)}")
     print(f"{result['benchmark']}: headline {result['headline']:.2f} (n={result['n']})")
+    if result.get("parser") == "lenient":
+        print(f"  lenient parser (not the official figure): headline "
+              f"{result['lenient']['headline']:.2f} (n={result['lenient']['n']})")
     for line in lines:
         print(f"  {line}")
     if result_file:

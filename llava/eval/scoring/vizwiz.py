@@ -24,6 +24,14 @@ CLI::
         [--allow-missing]
 
 At least one of ``--annotation-file`` / ``--submission-file`` is required.
+
+The submission file equals LLaVA's ``scripts/convert_vizwiz_for_submission.py`` (EvalAI
+processor on every answer, one row per question). The local val score is ours, not the
+server's: the VizWiz evaluation code the server runs (a ``vqaEval.py`` variant) compares the
+prediction, processed once more with the VQA API's punctuation / digit-article rules (and a
+contraction table with typographic apostrophes), against the crowd answers *as written*,
+while we normalise the crowd answers too (the m4c rule); the two differ where crowd answers
+are not already in normal form. LLaVA reports only the server's test-dev figure.
 """
 
 from __future__ import annotations

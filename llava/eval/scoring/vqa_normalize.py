@@ -1,32 +1,46 @@
-"""VQA answer normalisation and the VQA soft accuracy.
+"""VQA answer normalisation and the VQA soft accuracy, in the official evaluators' variants.
 
-Official definition (VQA v2 evaluation code, ``vqaEval.py`` of the VQA API, and the EvalAI
-answer processor that the VQAv2 / VizWiz servers and the TextVQA evaluator apply):
+Two official processors share most rules but not all, and the official pipelines chain them:
+
+* the **EvalAI answer processor** (``EvalAIAnswerProcessor`` of mmf, which LLaVA's
+  ``m4c_evaluator.py`` carries): LLaVA's VQAv2 / VizWiz converters pass every prediction
+  through it, and the TextVQA evaluator passes the prediction and every human answer
+  through it -- :func:`normalize_answer`;
+* the **VQA API** (``vqaEval.py`` of GT-Vision-Lab/VQA), which scores VQAv2 val: it strips
+  newlines / tabs / surrounding spaces, and only when a question's human answers are not all
+  the same does it run its (lighter) punctuation and digit/article steps on them and on the
+  prediction -- :func:`api_normalize`, :func:`vqa_api_accuracy`.
+
+Rules (EvalAI processor; the VQA API skips step 1 and differs where noted):
 
 1. word tokenisation: lower case; delete ``,`` and ``?``; write ``'s`` as `` 's``; newlines
    and tabs become spaces; strip.
 2. punctuation: each of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it
-   touches a space in the text or the text holds a digit-comma-digit group, and replaced by a
-   space otherwise; then every period that is not followed by a digit is deleted (so
-   ``3.5`` keeps its point). The official code passes ``re.UNICODE`` (= 32) where ``re.sub``
-   expects its count, so at most 32 periods go; we keep that limit to match it exactly.
-3. digits and articles: split on whitespace; number words ``none zero one ... ten`` become
-   digits (the "manual map"); the articles ``a an the`` are dropped; words in the contraction
-   table get their apostrophe back (``dont`` -> ``don't``); join with single spaces.
+   touches a space in the text or the text holds a digit-comma-digit group (EvalAI: digit,
+   one or more commas, digit; VQA API: digit, one comma, digit), and replaced by a space
+   otherwise; then every period that is not followed by a digit is deleted (so ``3.5`` keeps
+   its point). Both official codes pass ``re.UNICODE`` (= 32) where ``re.sub`` expects its
+   count, so **at most 32 periods go per pass** -- an official bug we reproduce.
+3. digits and articles: lower case, split on whitespace; number words ``none zero one ...
+   ten`` become digits (the "manual map"); the articles ``a an the`` are dropped; words in
+   the contraction table get their apostrophe back (``dont`` -> ``don't``); join with single
+   spaces. (The VQA API lower-cases only here, so its step 2 sees the original case.)
 
 Soft accuracy of a prediction against N human answers (N = 10 in VQAv2, TextVQA, VizWiz):
 for each of the N leave-one-out subsets of N-1 answers, acc = min(1, #matches / 3); the
 score is the mean of the N values. With m of the N humans matching, that is
-``(m * min(1, (m-1)/3) + (N-m) * min(1, m/3)) / N``. As in the TextVQA evaluator (``m4c``),
-the prediction and every human answer go through the same normalisation.
+``(m * min(1, (m-1)/3) + (N-m) * min(1, m/3)) / N`` (:func:`vqa_soft_accuracy`, every answer
+normalised with the EvalAI processor). :func:`m4c_accuracy` and :func:`vqa_api_accuracy`
+compute it literally, in the official codes' order of float operations, so their results are
+bit-identical to the official ones.
 
-Written from the definition above; the tables are the official data, re-typed here.
+Written from the definitions above; the tables are the official data, re-typed here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 # ``key value`` pairs: the official contraction table (keys as the VQA code spells them,
@@ -168,7 +182,8 @@ PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_",
                ">", "<", "@", "`", ",", "?", "!")
 
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
-_DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
+_DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")  # EvalAI processor
+_API_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")  # VQA API (vqaEval.py)
 _OFFICIAL_PERIOD_LIMIT = 32  # re.UNICODE passed as the count in the official code
 
 
@@ -177,14 +192,23 @@ def _tokenize(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def process_punctuation(text: str) -> str:
-    """Step 2: delete or space out punctuation, delete periods not before a digit."""
-    has_digit_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
+def _punctuation(text: str, digit_comma: re.Pattern) -> str:
+    has_digit_comma = digit_comma.search(text) is not None
     out = text
     for p in PUNCTUATION:
         touches_space = (p + " ") in text or (" " + p) in text
         out = out.replace(p, "" if (touches_space or has_digit_comma) else " ")
     return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_OFFICIAL_PERIOD_LIMIT)
+
+
+def process_punctuation(text: str) -> str:
+    """Step 2 (EvalAI): delete or space out punctuation, delete <= 32 periods not before a digit."""
+    return _punctuation(text, _DIGIT_COMMA_DIGIT)
+
+
+def api_process_punctuation(text: str) -> str:
+    """Step 2 as the VQA API does it (``processPunctuation``: its own digit-comma-digit test)."""
+    return _punctuation(text, _API_DIGIT_COMMA_DIGIT)
 
 
 def process_digits_articles(text: str) -> str:
@@ -199,6 +223,64 @@ def normalize_answer(text: str) -> str:
     if not isinstance(text, str):
         raise ValueError(f"answer must be a str, got {type(text).__name__}: {text!r}")
     return process_digits_articles(process_punctuation(_tokenize(text)))
+
+
+def _strip_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def api_normalize(text: str) -> str:
+    """The VQA API's processing of an answer of a question whose humans disagree."""
+    return process_digits_articles(api_process_punctuation(text))
+
+
+def vqa_api_accuracy(prediction: str, human_answers: Sequence) -> float:
+    """VQA accuracy in [0, 1] of one question exactly as ``vqaEval.evaluate`` computes it.
+
+    ``prediction`` is the answer as it stands in the result file (for LLaVA: already through
+    :func:`normalize_answer`, which its converter applies). ``human_answers``: the
+    annotation's answer records (dicts with ``"answer"``) or plain strings. Official rules:
+    newlines / tabs -> spaces and strip, on all answers; only if the stripped human answers
+    are not all equal, :func:`api_normalize` on them and on the prediction (so when all ten
+    humans agree, the prediction must equal their answer as written); leave-one-out leaves out
+    every record *equal* to the one left out (dict equality: with the official ``answer_id``
+    fields that is exactly one; plain strings count as distinct records).
+    """
+    if len(human_answers) == 0:
+        raise ValueError("human_answers is empty: the VQA accuracy needs at least 1 answer")
+    records = [dict(a) if isinstance(a, Mapping) else {"answer": a, "_position": i}
+               for i, a in enumerate(human_answers)]
+    for r in records:
+        r["answer"] = _strip_whitespace(r["answer"])
+    res = _strip_whitespace(prediction)
+    if len({r["answer"] for r in records}) > 1:
+        for r in records:
+            r["answer"] = api_normalize(r["answer"])
+        res = api_normalize(res)
+    accs = []
+    for left_out in records:
+        matching = [r for r in records if r != left_out and r["answer"] == res]
+        accs.append(min(1, float(len(matching)) / 3))
+    return float(sum(accs)) / len(accs)
+
+
+def m4c_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
+    """VQA accuracy in [0, 1] exactly as mmf's ``TextVQAAccuracyEvaluator`` computes it.
+
+    Prediction and every human answer through :func:`normalize_answer`; leave-one-out by
+    position; 0.0 when the prediction equals no human answer.
+    """
+    if len(human_answers) == 0:
+        raise ValueError("human_answers is empty: the VQA accuracy needs at least 1 answer")
+    pred = normalize_answer(prediction)
+    answers = [normalize_answer(a) for a in human_answers]
+    if pred not in answers:
+        return 0.0
+    accs = []
+    for i in range(len(answers)):
+        matching = [a for j, a in enumerate(answers) if j != i and a == pred]
+        accs.append(min(1, float(len(matching)) / 3))
+    return sum(accs) / len(accs)
 
 
 def soft_accuracy_from_matches(matches: int, total: int) -> float:

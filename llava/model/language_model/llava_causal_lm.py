@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from transformers import LlamaForCausalLM
 
-from llava.model.llava_arch import LlavaMetaForCausalLM
+from llava.model.llava_arch import LlavaMetaForCausalLM, check_prompt_length
 
 # transformers 5.24 renamed the cache keyword from past_key_values to cache.
 _CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -36,7 +36,7 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
                                                           labels, images, image_sizes)
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
-        fastv = self._fastv_hooks()
+        fastv = self.fastv_hooks
         if fastv is None or labels is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
@@ -68,21 +68,22 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
                 # left-padded: the last column is each row's last prompt position
                 decode_positions = (position_ids, position_ids[:, -1] + 1, inputs_embeds.shape[1])
         else:
+            max_len = getattr(self.config, "tokenizer_model_max_length", None)
+            if max_len is not None:
+                check_prompt_length([inputs.shape[1]], max_len)
             inputs_embeds = self.get_model().embed_tokens(inputs)
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        self._holov_decode_positions = decode_positions
-        try:
-            return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-        finally:
-            self._holov_decode_positions = None
+        if decode_positions is not None:
+            # Passed down as a generation keyword: prepare_inputs_for_generation receives it at every step.
+            kwargs["pruned_positions"] = decode_positions
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
-    def _original_position_ids(self, inputs) -> Optional[torch.Tensor]:
+    @staticmethod
+    def _original_position_ids(inputs, state) -> torch.Tensor:
         """Position ids when pruned tokens keep their original positions: the prompt's own
-        (with gaps) at the prefill, then counting on from each row's unpruned length."""
-        state = getattr(self, "_holov_decode_positions", None)
-        if state is None:
-            return None
+        (with gaps) at the prefill, then counting on from each row's unpruned length.
+        ``state`` = (prompt positions [B, T'], next position per row [B], pruned prompt length)."""
         prompt_positions, next_positions, prompt_len = state
         if inputs.get("inputs_embeds") is not None:
             positions = prompt_positions
@@ -97,14 +98,13 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         rows = (inputs["inputs_embeds"] if inputs.get("input_ids") is None else inputs["input_ids"]).shape[0]
         return positions.repeat_interleave(rows // positions.shape[0], dim=0)  # beams / several return sequences
 
-    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
-        # inputs_embeds must be a named parameter: generate() checks the signature for it.
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, pruned_positions=None, **kwargs):
+        # inputs_embeds and pruned_positions must be named parameters: generate() checks the signature.
         images = kwargs.pop("images", None)
         image_sizes = kwargs.pop("image_sizes", None)
         inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
-        positions = self._original_position_ids(inputs)
-        if positions is not None:
-            inputs["position_ids"] = positions
+        if pruned_positions is not None:
+            inputs["position_ids"] = self._original_position_ids(inputs, pruned_positions)
         if images is not None:
             inputs["images"] = images
         if image_sizes is not None:

@@ -11,8 +11,9 @@
 #       answers/<split>/merge.jsonl    the chunks concatenated in order
 #       result.json                    {"benchmark", "headline", "metrics", "n"} from the scorer
 #       answers_upload/...             submission files for the benchmarks scored by a server
-# <label> is "unpruned" (K = FULL_TOKENS), the method name, or "holov-improved" for HoloV's
-# improved mode.
+# <label> is "unpruned" (K = FULL_TOKENS), the method name ("holov-improved" for HoloV's
+# improved mode), then "-<option>-<value>" for every other pruning option set (e.g.
+# holov-improved-rank_by-attention_k64), so two settings never share a folder.
 #
 # Environment (all optional except MODEL):
 #   MODEL           checkpoint directory or hub id
@@ -23,6 +24,9 @@
 #   METHOD          pruning method from the registry (default holov)
 #   MODE            HoloV mode: faithful (default) or improved
 #   CROPS, ALPHA    HoloV crops P and diversity weight (default: the method's)
+#   CROP_SHAPE, RANK_BY, DIVERSITY_SCALE   HoloV improved-mode options
+#   POSITION_IDS    compact or original positions after pruning
+#   (one variable per row of holov_patches/cli_args.py FLAGS)
 #   DATA_ROOT       benchmark data (default playground/data/eval)
 #   RESULTS_ROOT    where results go (default results)
 #   CONV_MODE       conversation template (default vicuna_v1)
@@ -35,9 +39,8 @@
 # Pruning is always passed as flags (--prune-method none when unpruned), so neither
 # HOLOV_PRUNING nor a checkpoint's saved setting changes what a run directory means.
 
-HOLOV_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
-export PYTHONPATH="$HOLOV_REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/../../use_venv.sh"  # the project's .venv, activated if needed
 
 holov_die() {
   echo "error: $*" >&2
@@ -74,37 +77,18 @@ holov_eval_init() {
   RESULTS_ROOT="${RESULTS_ROOT:-results}"
   CONV_MODE="${CONV_MODE:-vicuna_v1}"
   DEVICE="${DEVICE:-$(holov_default_device)}"
-  METHOD="${METHOD:-holov}"
-  MODE="${MODE:-faithful}"
   FULL_TOKENS="${FULL_TOKENS:-576}"
   TEMPERATURE="${TEMPERATURE:-0}"
   MODEL_NAME="${MODEL_NAME:-$(holov_model_name "$MODEL")}"
   [[ -d "$DATA_ROOT" ]] || holov_die "DATA_ROOT=$DATA_ROOT is not a directory; see playground/data/eval/README.md for the layout"
   case "$DEVICE" in cuda|cpu) ;; *) holov_die "DEVICE=$DEVICE must be cuda or cpu" ;; esac
-  case "$MODE" in faithful|improved) ;; *) holov_die "MODE=$MODE must be faithful or improved" ;; esac
   [[ "$FULL_TOKENS" =~ ^[1-9][0-9]*$ ]] || holov_die "FULL_TOKENS=$FULL_TOKENS must be a positive integer"
 
-  PRUNE_FLAGS=()
-  if [[ -z "${TOKENS:-}" || "${TOKENS}" == "$FULL_TOKENS" ]]; then
-    RUN_LABEL="unpruned"
-    RUN_K="$FULL_TOKENS"
-    PRUNE_FLAGS=(--prune-method none)
-  else
-    [[ "$TOKENS" =~ ^[1-9][0-9]*$ ]] || holov_die "TOKENS=$TOKENS must be a positive integer (or empty / $FULL_TOKENS for no pruning)"
-    (( TOKENS < FULL_TOKENS )) || holov_die "TOKENS=$TOKENS must be below FULL_TOKENS=$FULL_TOKENS (or equal to it for no pruning)"
-    RUN_K="$TOKENS"
-    RUN_LABEL="$METHOD"
-    PRUNE_FLAGS=(--prune-method "$METHOD" --holov-tokens "$TOKENS")
-    if [[ "$METHOD" == holov ]]; then
-      PRUNE_FLAGS+=(--holov-mode "$MODE")
-      [[ "$MODE" == faithful ]] || RUN_LABEL="holov-$MODE"
-      [[ -z "${CROPS:-}" ]] || PRUNE_FLAGS+=(--holov-crops "$CROPS")
-      [[ -z "${ALPHA:-}" ]] || PRUNE_FLAGS+=(--holov-alpha "$ALPHA")
-    else
-      [[ "$MODE" == faithful ]] || holov_die "MODE=$MODE only applies to METHOD=holov (METHOD=$METHOD)"
-      [[ -z "${CROPS:-}${ALPHA:-}" ]] || holov_die "CROPS / ALPHA only apply to METHOD=holov (METHOD=$METHOD)"
-    fi
-  fi
+  # The pruning variables -> flags and the results label, from the one flag table
+  # (holov_patches/cli_args.py): every option that is set is passed and named in the label.
+  local setting
+  setting="$(FULL_TOKENS="$FULL_TOKENS" python -m holov_patches.cli_args --shell)" || holov_die "bad pruning variables (see above)"
+  eval "$setting"
 
   GEN_FLAGS=(--temperature "$TEMPERATURE" --conv-mode "$CONV_MODE" --device "$DEVICE")
   [[ -z "${MAX_NEW_TOKENS:-}" ]] || GEN_FLAGS+=(--max_new_tokens "$MAX_NEW_TOKENS")
@@ -146,6 +130,15 @@ holov_require() {
   done
 }
 
+# _holov_stop_chunks PID...: SIGTERM the chunk jobs still running and wait until they are
+# gone (so their answers-file locks are free when this script has exited).
+_holov_stop_chunks() {
+  (( $# )) || return 0
+  kill "$@" 2>/dev/null
+  wait "$@" 2>/dev/null
+  return 0
+}
+
 # holov_run_chunks ENTRY FLAGS...: run `python -m llava.eval.ENTRY` once per chunk in
 # parallel (chunk i on GPU GPULIST[i]), wait for all, then merge the chunk files into
 # $ANSWERS. --question-file / --image-folder arguments are checked to exist first.
@@ -156,12 +149,16 @@ holov_run_chunks() {
   for ((i = 0; i + 1 < ${#args[@]}; i++)); do
     case "${args[i]}" in --question-file|--image-folder) holov_require "${args[i + 1]}" ;; esac
   done
-  local pids=() idx
-  # Ctrl-C or a kill of this script stops the chunk jobs it started (their answers stay).
-  trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+  local pids=() idx parent_pid="$BASHPID"
+  # The chunk jobs end with this script: on Ctrl-C, a kill, or any exit (trap), and even on a
+  # `kill -9` of it, which no trap sees: each worker is started with HOLOV_DIE_WITH_PARENT, so
+  # the kernel sends it SIGTERM when this shell dies (llava.utils.die_with_parent). Their
+  # answers so far stay; a rerun resumes them.
+  trap '_holov_stop_chunks "${pids[@]}"; exit 130' INT TERM
+  trap '_holov_stop_chunks "${pids[@]}"' EXIT
   for ((idx = 0; idx < CHUNKS; idx++)); do
-    local env_gpu=()
-    [[ "$DEVICE" != cuda ]] || env_gpu=(env "CUDA_VISIBLE_DEVICES=${GPULIST[idx]}")
+    local env_gpu=(env "HOLOV_DIE_WITH_PARENT=$parent_pid")
+    [[ "$DEVICE" != cuda ]] || env_gpu+=("CUDA_VISIBLE_DEVICES=${GPULIST[idx]}")
     "${env_gpu[@]}" python -m "llava.eval.$entry" --model-path "$MODEL" "${args[@]}" \
       --answers-file "$ANSWERS_DIR/${CHUNKS}_${idx}.jsonl" \
       --num-chunks "$CHUNKS" --chunk-idx "$idx" "${GEN_FLAGS[@]}" "${PRUNE_FLAGS[@]}" &
@@ -171,7 +168,8 @@ holov_run_chunks() {
   for idx in "${!pids[@]}"; do
     wait "${pids[idx]}" || { echo "error: $BENCH chunk $idx failed (rc=$?)" >&2; failed=1; }
   done
-  trap - INT TERM
+  pids=()
+  trap - INT TERM EXIT
   (( failed == 0 )) || exit 1
   : >"$ANSWERS"
   for ((idx = 0; idx < CHUNKS; idx++)); do

@@ -1,6 +1,6 @@
 """A LLaVA-1.5 checkpoint of any CLIP-336/14 + LLaMA shape with random weights.
 
-Why: the efficiency report (``python -m holov_patches.efficiency --random-7b``) must time
+Why: the efficiency report (``python -m benchmarks.efficiency --random-7b``) must time
 prefill and decode at the real LLaVA-1.5-7B shape, where the speedups of visual-token
 pruning are claimed (HoloV, arXiv 2510.02912), on a machine that holds no downloaded
 weights. Timing and memory depend on the shapes and dtype, not on the weight values, so
@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 
 import torch
+from transformers import AutoTokenizer
 
-from holov_patches.flops import LlavaShape
+from benchmarks.efficiency.flops import LlavaShape
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.checkpoint_compat import make_checkpoint_compatible
+from llava.model.tiny import build_tiny_llava, to_original_config
 
 
 def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dtype: torch.dtype = torch.float16) -> str:
@@ -22,8 +26,6 @@ def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dty
     ``build_tiny_llava``; the language model is then rebuilt at full shape directly on
     ``device`` (fast random init on a GPU) in ``dtype`` and saved over the tiny one, so the
     report loads it through ``load_pretrained_model`` like any checkpoint."""
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-    from llava.model.tiny import build_tiny_llava, to_original_config
 
     v, m = shape.vision, shape.llm
     if v.hidden * 4 != v.intermediate or (v.image_size, v.patch_size, v.select_layer) != (336, 14, -2):
@@ -45,4 +47,14 @@ def build_random_llava(out_dir: str, shape: LlavaShape, device: str = "cpu", dty
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()
     to_original_config(os.path.join(out_dir, "config.json"))
+    # The loader resizes the embeddings to len(tokenizer), as the original LLaVA does: pad the
+    # tiny tokenizer with unused tokens up to the shape's vocabulary so nothing is cut.
+    tokenizer = AutoTokenizer.from_pretrained(out_dir, use_fast=False)
+    missing = m.vocab - len(tokenizer)
+    if missing < 0:
+        raise ValueError(f"vocab={m.vocab} is smaller than the tiny tokenizer's {len(tokenizer)} tokens")
+    if missing:
+        tokenizer.add_tokens([f"<unused_{i}>" for i in range(missing)])
+        tokenizer.save_pretrained(out_dir)
+    make_checkpoint_compatible(out_dir, tokenizer)  # loads in the original LLaVA (transformers 4.37) too
     return out_dir

@@ -1,16 +1,16 @@
 """Efficiency report: what visual-token pruning saves in LLaVA-1.5, counted and measured.
 
-    python -m holov_patches.efficiency --model-path P [--device cuda] [--keeps 576 192 128 64]
-        [--method holov] [--reps 3] [--new-tokens 8] [--rounds 1] [--out docs/efficiency]
+    python -m benchmarks.efficiency --model-path P [--device cuda] [--keeps 576 192 128 64]
+        [--method holov] [--reps 3] [--new-tokens 8] [--rounds 1] [--out results/efficiency]
         [--model-command "how P was made"] [--compare EARLIER.csv ...] [--threads N]
-    python -m holov_patches.efficiency --random-7b --device cuda   # LLaVA-1.5-7B shape, random weights
+    python -m benchmarks.efficiency --random-7b --device cuda   # LLaVA-1.5-7B shape, random weights
 
 ``--random-7b`` writes a LLaVA-1.5-7B-shaped checkpoint (Vicuna-7B LLM, CLIP-L/336 tower,
 random float16 weights, ~15 GB) to a temporary directory (or ``--random-dir``) and loads
 it like any other; it refuses to run on CPU unless ``--allow-cpu-7b`` is given.
 
 Why: HoloV (arXiv 2510.02912) and the pruners it is compared with are sold on a cheaper
-prefill. This puts the analytic count (``holov_patches.flops``) beside what one model,
+prefill. This puts the analytic count (``benchmarks.efficiency.flops``) beside what one model,
 loaded once through ``load_pretrained_model``, really does in one process, for every K
 (K = 576 is the unpruned run, ``set_pruning(None)``; the others use
 ``set_pruning(PruningConfig(method, keep=K))``):
@@ -53,20 +53,13 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-# The measuring, the report writing and the random 7B builder live in their own modules;
-# their names are re-exported here so that ``from holov_patches.efficiency import ...``
-# keeps working for the tests and for callers written before the split.
-from holov_patches.efficiency_measure import (CONV_MODE, DEFAULT_KEEPS, QUESTION, RATIOS, Prompt, Report, Runner,
-                                              build_prompt, check_keeps, check_method, make_image, measure)
-from holov_patches.efficiency_random_model import build_random_llava
-from holov_patches.efficiency_report import (MIB, THIRD_PARTY, OtherRun, _fixed_cost_fit, read_other_run, verdict,
-                                             write_report)
-from holov_patches.flops import llava15_7b_shape
-
-__all__ = ["CONV_MODE", "DEFAULT_KEEPS", "MIB", "QUESTION", "RATIOS", "THIRD_PARTY", "OtherRun", "Prompt", "Report",
-           "Runner", "_fixed_cost_fit", "build_prompt", "build_random_llava", "check_keeps", "check_method",
-           "machine_summary", "main", "make_image", "measure", "parse_args", "read_other_run", "run", "verdict",
-           "write_report"]
+from benchmarks.efficiency.flops import llava15_7b_shape
+from benchmarks.efficiency.measure import DEFAULT_KEEPS, Report, build_prompt, check_method, measure
+from benchmarks.efficiency.random_model import build_random_llava
+from benchmarks.efficiency.report import read_other_run, verdict, write_report
+from llava.model.builder import load_pretrained_model
+from llava.mm_utils import get_model_name_from_path
+from llava.utils import pick_device
 
 
 def _cpu_name() -> str:
@@ -103,7 +96,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per K (median reported)")
     p.add_argument("--new-tokens", type=int, default=8, help="tokens generated for the decode time (>= 2)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole timed measurement this many times")
-    p.add_argument("--out", default="docs/efficiency", help="output prefix: writes <out>.md, <out>.csv, <out>.png")
+    p.add_argument("--out", default="results/efficiency", help="output prefix: writes <out>.md, <out>.csv, <out>.png")
     p.add_argument("--model-command", default=None,
                    help="how --model-path was made (e.g. the `python -m llava.model.tiny ...` line), quoted in the report")
     p.add_argument("--compare", nargs="+", default=[], metavar="CSV",
@@ -114,8 +107,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _load(path: str, device: str):
-    from llava.model.builder import load_pretrained_model
-    from llava.mm_utils import get_model_name_from_path
 
     tokenizer, model, image_processor, _ = load_pretrained_model(path, None, get_model_name_from_path(path), device=device,
                                                                  pruning=None)
@@ -123,7 +114,6 @@ def _load(path: str, device: str):
 
 
 def run(args: argparse.Namespace, command: str) -> Report:
-    from llava.utils import pick_device
 
     check_method(args.method)
     others = [read_other_run(path) for path in args.compare]
@@ -157,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    report = run(args, "python -m holov_patches.efficiency " + shlex.join(argv))
+    report = run(args, "python -m benchmarks.efficiency " + shlex.join(argv))
     for v in verdict(report, 64 if 64 in report.keeps else min(report.keeps)):
         print(f"round {v['round']}: prefill speedup {v['speedup']:.2f}x vs FLOPs {v['flops_speedup']:.2f}x ({v['gap'] * 100:+.1f}%)")
     print("wrote " + ", ".join(str(p) for p in report.meta["paths"]))

@@ -7,18 +7,21 @@ and lists the supported ones.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Type
 
 from torch import nn
 
+from holov_patches.adapters.base import SequencePruningAdapter
+from holov_patches.adapters.hf_llava import HFLlavaAdapter
+from holov_patches.adapters.hf_llava_next import HFLlavaNextAdapter
+from holov_patches.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from holov_patches.config import PruningConfig, as_pruning_config
 
-# model_type -> (module, class) of its adapter; the modules are imported on first use.
-ADAPTERS: Dict[str, Tuple[str, str]] = {
-    "llava": ("holov_patches.adapters.hf_llava", "HFLlavaAdapter"),
-    "llava_next": ("holov_patches.adapters.hf_llava_next", "HFLlavaNextAdapter"),
-    "qwen2_5_vl": ("holov_patches.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+# model_type -> its adapter: the one table of seams (the adapters import torch only).
+ADAPTERS: Dict[str, Type[SequencePruningAdapter]] = {
+    "llava": HFLlavaAdapter,
+    "llava_next": HFLlavaNextAdapter,
+    "qwen2_5_vl": Qwen2_5_VLAdapter,
 }
 
 _HANDLE_ATTR = "_holov_pruning_handle"
@@ -89,8 +92,7 @@ def apply(model: nn.Module, config: Any) -> PruningHandle:
         if cfg.stage != "pre_llm":
             raise ValueError(f"method {cfg.method!r} runs inside the LLM (stage={cfg.stage!r}); the {model_type} adapter "
                              "applies pre-LLM pruners only")
-        module_name, class_name = ADAPTERS[model_type]
-        adapter = getattr(importlib.import_module(module_name), class_name)(model, cfg)
+        adapter = ADAPTERS[model_type](model, cfg)
         adapter.install()
     handle = PruningHandle(model, cfg, adapter)
     model.__dict__[_HANDLE_ATTR] = handle

@@ -8,10 +8,10 @@ Reads ``RESULTS_DIR/<label>_k<K>/<bench>/result.json`` as written by the scorers
 row's "Avg (% of unpruned)" is the mean, over the benchmarks that row and the reference both
 have (and where the reference is not 0), of ``100 * score / reference score``. Benchmarks
 left out of a row's average are listed under the table. ``--published`` adds the published
-LLaVA-1.5-7B rows (``holov_patches/data/published_llava15_7b.csv``, each with its source),
+LLaVA-1.5-7B rows (``llava/eval/data/published_llava15_7b.csv``, each with its source),
 averaged against the published unpruned row the same way.
 
-    python -m holov_patches.tables results/llava-v1.5-7b [--out results/llava-v1.5-7b/table]
+    python -m llava.eval.tables results/llava-v1.5-7b [--out results/llava-v1.5-7b/table]
         [--published] [--published-file F.csv]
 
 writes ``PREFIX.md``, ``PREFIX.csv`` and ``PREFIX.png`` (score vs K, one panel per benchmark)
@@ -70,6 +70,7 @@ class Row:
     avg_over: List[str] = field(default_factory=list)
     left_out: Dict[str, str] = field(default_factory=dict)  # column -> why it is not in the average
     no_avg: Optional[str] = None  # why the whole row has no average
+    lenient: Dict[str, float] = field(default_factory=dict)  # column -> the --parser lenient headline, when scored so
 
     @property
     def is_unpruned(self) -> bool:
@@ -77,8 +78,10 @@ class Row:
 
 
 # ---------------------------------------------------------------- reading
-def read_result(path: str, folder: str) -> float:
-    """The headline of one scorer result file, checked against the folder it sits in."""
+def read_result(path: str, folder: str) -> Tuple[float, Optional[float]]:
+    """(official headline, lenient headline or None) of one scorer result file, checked against
+    the folder it sits in. The table always prints the official figure; a lenient one (from
+    ``--parser lenient``) is named in a note beside it, never put in its place."""
     with open(path, encoding="utf-8") as f:
         result = json.load(f)
     missing = [k for k in RESULT_KEYS if k not in result]
@@ -90,7 +93,8 @@ def read_result(path: str, folder: str) -> float:
     headline = result["headline"]
     if isinstance(headline, bool) or not isinstance(headline, (int, float)) or not math.isfinite(headline):
         raise ValueError(f"{path}: headline {headline!r} is not a finite number")
-    return float(headline)
+    lenient = result.get("lenient", {}).get("headline") if result.get("parser") == "lenient" else None
+    return float(headline), (float(lenient) if lenient is not None else None)
 
 
 def load_results(results_dir: str) -> List[Row]:
@@ -103,15 +107,18 @@ def load_results(results_dir: str) -> List[Row]:
         m = RUN_DIR.match(name)
         if not m or not os.path.isdir(run_dir):
             continue
-        scores = {}
+        scores, lenient = {}, {}
         for folder in sorted(os.listdir(run_dir)):
             path = os.path.join(run_dir, folder, "result.json")
             if os.path.isfile(path):
-                scores[COLUMN.get(folder, folder)] = read_result(path, folder)
+                column = COLUMN.get(folder, folder)
+                scores[column], lenient_score = read_result(path, folder)
+                if lenient_score is not None:
+                    lenient[column] = lenient_score
         if scores:
             order = {h: i for i, (_, h, _) in enumerate(BENCHMARKS)}
             scores = dict(sorted(scores.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-            rows.append(Row(m.group("label"), int(m.group("keep")), scores))
+            rows.append(Row(m.group("label"), int(m.group("keep")), scores, lenient=lenient))
         else:
             print(f"[tables] {run_dir}: no scored benchmark yet (no */result.json)", file=sys.stderr)
     if sum(r.is_unpruned for r in rows) > 1:
@@ -204,6 +211,9 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str], title: str) -> str:
     for r in rows:
         cells = [r.method, str(r.keep), *(_fmt(r.scores.get(c)) for c in columns), _fmt(r.avg)]
         lines.append("| " + " | ".join(cells) + " |")
+        if r.lenient:
+            notes.append(f"- {r.method} K={r.keep}: the official scorer's figures are shown; with --parser lenient: "
+                         + ", ".join(f"{c} {_fmt(v)}" for c, v in r.lenient.items()))
         if r.no_avg:
             notes.append(f"- {r.method} K={r.keep}: no average: {r.no_avg}")
         elif r.left_out:

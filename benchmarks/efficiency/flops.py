@@ -2,7 +2,7 @@
 
 Why: a pruner such as HoloV (arXiv 2510.02912) promises a cheaper prefill because the LLM
 sees T = text + K tokens instead of text + 576. The efficiency report
-(``holov_patches.efficiency``) sets the measured speedups against these counts, so the
+(``benchmarks.efficiency``) sets the measured speedups against these counts, so the
 counts must be exact for what our code actually runs:
 
 - Convention: one multiply-add = 2 FLOPs; only matrix products are counted (conv,

@@ -1,6 +1,6 @@
 """Writing the efficiency report: Markdown, CSV and PNG from one measured ``Report``.
 
-Why a module of its own: the measuring (``holov_patches.efficiency_measure``) is slow and
+Why a module of its own: the measuring (``benchmarks.efficiency.measure``) is slow and
 needs a model; everything here depends only on its ``Report`` (and on earlier runs' CSVs
 for ``--compare``), so the wording, tables, verdict (measured prefill speedup
 against the FLOPs speedup, with a fixed-cost line fit that explains a gap) and plot can
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from holov_patches.efficiency_measure import CONV_MODE, Report
-from holov_patches.flops import kv_cache_bytes, llava15_7b_shape, prefill_flops
+from benchmarks.efficiency.measure import CONV_MODE, Report
+from benchmarks.efficiency.flops import kv_cache_bytes, llava15_7b_shape, prefill_flops
 
 MIB = 2 ** 20
-THIRD_PARTY = ("A third party measured LLaVA-1.5-7B at K=64 on an A6000 (shared/PUBLISHED_RESULTS.md): prefill "
+THIRD_PARTY = ("A third party measured LLaVA-1.5-7B at K=64 on an A6000 (a measurement quoted without a primary source; for orientation only): prefill "
                "8.89 vs 2.15 TFLOPs (4.1x fewer), pruner 2.77 ms, time to first token 150 ms vs 77 ms (1.95x).")
 
 
@@ -28,6 +28,14 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _by_subtraction(value) -> str:
+    """(whole generate - prefill) / (N - 1) differences two noisy times; below 0 it says only
+    that the noise won, so the cell says so instead of printing a negative time."""
+    if value is not None and value < 0:
+        return "n/a (noise > signal)"
+    return _fmt(value, 1)
 
 
 def _mib(value) -> str:
@@ -103,7 +111,7 @@ def read_other_run(csv_path: str) -> OtherRun:
     md = path.with_suffix(".md")
     if md.is_file():
         lines = md.read_text().splitlines()
-        command = next((line.strip() for line in lines if line.startswith("    python -m holov_patches.efficiency")), command)
+        command = next((line.strip() for line in lines if line.startswith("    python -m benchmarks.efficiency")), command)
     return OtherRun(command=command, rows=rows)
 
 
@@ -166,7 +174,7 @@ def _write_md(report: Report, path: Path, command: str, machine: Dict[str, str],
         lines += _table(["K", "vision (ms)", "pruner (ms)", "prefill / TTFT (ms)", "prefill CPU time (ms)", "decode (ms/token)",
                          "decode by subtraction (ms/token)", "prefill GFLOP/s", "peak extra mem (MiB)", "peak total mem (MiB)"],
                         [[str(r["K"]), _fmt(r["vision_ms"], 1), _fmt(r["pruner_ms"], 2), _fmt(r["prefill_ms"], 1),
-                          _fmt(r["prefill_cpu_ms"], 1), _fmt(r["decode_ms_per_token"], 1), _fmt(r["decode_ms_per_token_sub"], 1),
+                          _fmt(r["prefill_cpu_ms"], 1), _fmt(r["decode_ms_per_token"], 1), _by_subtraction(r["decode_ms_per_token_sub"]),
                           _fmt(r["prefill_gflops_per_s"], 1), _mib(r["peak_extra_bytes"]),
                           _mib(r["peak_total_bytes"])] for r in rows])
         lines += ["", f"Ratios to the unpruned run of round {rnd}:", ""]

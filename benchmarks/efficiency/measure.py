@@ -1,10 +1,10 @@
 """Measuring for the efficiency report: one loaded LLaVA-1.5 model, every K, counted and timed.
 
-Why a module of its own: the numbers (analytic FLOPs per K from ``holov_patches.flops``,
+Why a module of its own: the numbers (analytic FLOPs per K from ``benchmarks.efficiency.flops``,
 tower / pruner / prefill / decode times, peak prefill memory, KV-cache bytes, all as
 ratios to the unpruned run of the same round) are produced here and only here, so the
-report writers (``holov_patches.efficiency_report``) and the CLI
-(``holov_patches.efficiency``, whose module docstring says what each number is and how
+report writers (``benchmarks.efficiency.report``) and the CLI
+(``benchmarks.efficiency``, whose module docstring says what each number is and how
 it is timed) only read a ``Report``. The prompt is fixed (one synthetic image, one
 question, the ``vicuna_v1`` template) so that every run measures the same input.
 """
@@ -22,7 +22,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from holov_patches.api import prune_visual_tokens
 from holov_patches.config import PruningConfig
-from holov_patches.flops import LlavaShape, decode_flops_per_token, kv_cache_bytes, prefill_flops, shape_from_model
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import build_prompt as build_conv_prompt
+from llava.mm_utils import process_images, tokenizer_image_token
+from benchmarks.efficiency.flops import LlavaShape, decode_flops_per_token, kv_cache_bytes, prefill_flops, shape_from_model
 from holov_patches.registry import get_entry, list_pruners
 
 DEFAULT_KEEPS = (576, 192, 128, 64)
@@ -54,17 +57,8 @@ def make_image(width: int = 640, height: int = 480):
 
 
 def build_prompt(model, tokenizer, image_processor) -> Prompt:
-    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-    from llava.conversation import get_conv_template
-    from llava.mm_utils import process_images, tokenizer_image_token
-
-    image_token = DEFAULT_IMAGE_TOKEN
-    if getattr(model.config, "mm_use_im_start_end", False):
-        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-    conv = get_conv_template(CONV_MODE)
-    conv.append_message(conv.roles[0], image_token + "\n" + QUESTION)
-    conv.append_message(conv.roles[1], None)
-    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+    prompt = build_conv_prompt(QUESTION, CONV_MODE, mm_use_im_start_end=getattr(model.config, "mm_use_im_start_end", False))
+    ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
     image = make_image()
     pixels = process_images([image], image_processor, model.config)
     if not isinstance(pixels, torch.Tensor):
@@ -257,7 +251,7 @@ def check_method(method: str) -> str:
 
 def measure(model, tokenizer, prompt: Prompt, keeps: Sequence[int], method: str, reps: int, new_tokens: int,
             rounds: int, progress: bool = True) -> Report:
-    """Count and time every K on ``model``; ``holov_patches.efficiency``'s docstring says what each number is."""
+    """Count and time every K on ``model``; ``benchmarks.efficiency``'s docstring says what each number is."""
     if reps < 1 or new_tokens < 2 or rounds < 1:
         raise ValueError(f"reps={reps} and rounds={rounds} must be >= 1 and new_tokens={new_tokens} >= 2")
     shape = shape_from_model(model)

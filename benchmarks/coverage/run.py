@@ -1,8 +1,8 @@
 """Coverage report: how much of a synthetic image each pre-LLM pruner keeps, without weights.
 
-Run ``python -m holov_patches.coverage [--out docs/coverage] [--keeps 192 128 64 32 16]
+Run ``python -m benchmarks.coverage [--out results/coverage] [--keeps 192 128 64 32 16]
 [--seeds N]``. For every registered pre-LLM pruner (HoloV in both modes), every budget K
-and every seed, it builds a synthetic map (``holov_patches.synthetic_maps``), prunes it
+and every seed, it builds a synthetic map (``benchmarks.coverage.synthetic_maps``), prunes it
 through ``prune_visual_tokens`` with a ``PruningConfig`` (the same path the models use)
 and measures:
 
@@ -38,7 +38,7 @@ from tqdm import tqdm
 from holov_patches.api import prune_visual_tokens
 from holov_patches.config import PruningConfig
 from holov_patches.registry import list_pruners
-from holov_patches.synthetic_maps import SALIENT, MapSpec, SyntheticMap, make_map
+from benchmarks.coverage.synthetic_maps import SALIENT, MapSpec, SyntheticMap, make_map
 
 DEFAULT_KEEPS = (192, 128, 64, 32, 16)
 DEFAULT_SEEDS = 50
@@ -278,8 +278,8 @@ def write_report(result: CoverageResult, out: Path, command: str) -> Tuple[Path,
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m holov_patches.coverage", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/coverage", help="output path prefix: writes <out>.md, <out>.csv, <out>.png")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.coverage", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/coverage", help="output path prefix: writes <out>.md, <out>.csv, <out>.png")
     parser.add_argument("--keeps", type=int, nargs="+", default=list(DEFAULT_KEEPS), help="budgets K to evaluate")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="number of synthetic maps (seeds 0..N-1)")
     parser.add_argument("--spec", choices=sorted(SPECS), default="default",
@@ -292,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     result = run_coverage(args.keeps, args.seeds, SPECS[args.spec](), progress=not args.no_progress)
-    command = "python -m holov_patches.coverage " + shlex.join(argv)
+    command = "python -m benchmarks.coverage " + shlex.join(argv)
     paths = write_report(result, Path(args.out), command.strip())
     print("wrote " + ", ".join(str(p) for p in paths))
     if result.skipped:

@@ -1,0 +1,1 @@
+"""Weight-free coverage proxy: which pruner keeps the objects of synthetic token maps."""
