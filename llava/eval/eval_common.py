@@ -22,8 +22,9 @@ import torch
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt, get_conv_template
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.eval.answers_io import model_fingerprint
+from llava.eval.scoring.scoring_io import parse_jsonl
+from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.utils import LlavaArgumentParser, default_device, pick_device
 
@@ -203,19 +204,7 @@ class EvalModel:
 # ---------------------------------------------------------------- question files
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
     """A LLaVA question file (one JSON object a line); a bad line names file:line."""
-    data = read_text(path, "question file")
-    out = []
-    for lineno, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(item, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]}")
-        out.append(item)
-    return out
+    return parse_jsonl(read_text(path, "question file").splitlines(), path)
 
 
 def read_text(path: str, what: str = "file") -> str:

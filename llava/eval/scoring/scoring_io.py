@@ -43,23 +43,30 @@ LENIENT_RESULT_KEYS = ("parser", "lenient")
 PARSERS = ("official", "lenient")
 
 
+def parse_jsonl(lines: Iterable[str], path: str | os.PathLike) -> list[dict]:
+    """JSON objects, one a line; blank lines are skipped, a bad line names file:line."""
+    records: list[dict] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {obj!r:.80}")
+        records.append(obj)
+    return records
+
+
 def read_jsonl(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict]:
-    """Read one or more JSONL files; blank lines are skipped, a bad line names file:line."""
+    """Read one or more JSONL files (see :func:`parse_jsonl`)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     records: list[dict] = []
     for path in paths:
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {obj!r:.80}")
-                records.append(obj)
+            records += parse_jsonl(f, path)
     return records
 
 

@@ -26,6 +26,7 @@
 #   CROPS, ALPHA    HoloV crops P and diversity weight (default: the method's)
 #   CROP_SHAPE, RANK_BY, DIVERSITY_SCALE   HoloV improved-mode options
 #   POSITION_IDS    compact or original positions after pruning
+#   ATTENTION_DTYPE model (the [CLS] row in the tower dtype, as the authors) or float32
 #   (one variable per row of holov_patches/cli_args.py FLAGS)
 #   DATA_ROOT       benchmark data (default playground/data/eval)
 #   RESULTS_ROOT    where results go (default results)
