@@ -3,7 +3,7 @@
 - argparse CLIs (chat CLI, run_llava, eval entry points, visualiser): :func:`add_pruning_args`
   adds ``--holov-tokens`` / ``--holov_tokens`` ...; :func:`pruning_config_from_args` reads them;
 - training: ``llava.train.arguments.PruningArguments`` is :func:`pruning_dataclass_fields`;
-- the lmms-eval plugin's ``--model_args``: :func:`pruning_config_from_kwargs`;
+- the lmms-eval plugin's ``--model_args``: :func:`pruning_config_from_values` (strings or typed values);
 - the shell scripts: ``python -m holov_patches.cli_args --shell`` turns the scripts'
   variables (``TOKENS=64 METHOD=holov MODE=improved RANK_BY=attention ...``) into flags and a
   results-folder label that names every option set, so two settings never share a folder.
@@ -121,12 +121,6 @@ def pruning_dataclass_fields() -> List[Tuple[str, Any, Any]]:
             metadata["choices"] = list(flag.choices)
         rows.append((flag.name, Optional[flag.type], field(default=None, metadata=metadata)))
     return rows
-
-
-# ---------------------------------------------------------------- lmms-eval model_args
-def pruning_config_from_kwargs(kwargs: Mapping[str, Any]) -> Optional[PruningConfig]:
-    """The plugin's pruning keywords (strings or typed values from ``--model_args``)."""
-    return pruning_config_from_values(kwargs)
 
 
 # ---------------------------------------------------------------- shell scripts

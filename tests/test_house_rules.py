@@ -183,12 +183,12 @@ def test_training_arguments_and_plugin_keywords_build_the_same_config():
     cli_args = argparse.ArgumentParser()
     add_pruning_args(cli_args)
     parsed = cli_args.parse_args(["--holov-tokens", "32", "--holov-mode", "improved", "--holov-rank-by", "attention"])
-    from holov_patches.cli_args import pruning_config_from_args, pruning_config_from_kwargs
+    from holov_patches.cli_args import pruning_config_from_args
 
     expected = PruningConfig(keep=32, mode="improved", rank_by="attention")
     assert train_args.to_config() == expected
     assert pruning_config_from_args(parsed) == expected
-    assert pruning_config_from_kwargs({"holov_tokens": "32", "holov_mode": "improved", "holov_rank_by": "attention"}) \
+    assert pruning_config_from_values({"holov_tokens": "32", "holov_mode": "improved", "holov_rank_by": "attention"}) \
         == expected
     with pytest.raises(ValueError, match="unknown pruning option"):
         pruning_config_from_values({"holov_tokenz": 3})

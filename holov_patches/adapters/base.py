@@ -154,12 +154,7 @@ def prune_part(tokens: torch.Tensor, signal: torch.Tensor, config: PruningConfig
     """tokens [B, N, D], signal [B, N] -> (kept [B, K, D], index [B, K] int64) through the one
     registry call. ``keep`` overrides the config's budget (LLaVA-NeXT splits one image's K
     between its base and high-res parts); keep=0 keeps nothing."""
-    if keep is not None:
-        if keep == 0:
-            empty = tokens.new_zeros(tokens.shape[0], 0, tokens.shape[2])
-            return empty, torch.zeros(tokens.shape[0], 0, dtype=torch.long, device=tokens.device)
-        config = config.with_keep(keep)
-    kept, index = prune_visual_tokens(tokens, signal.float(), config, grid=grid)
+    kept, index = prune_visual_tokens(tokens, signal.float(), config, grid=grid, keep=keep)
     return kept, index.to(torch.long)
 
 

@@ -31,7 +31,7 @@ from lmms_eval.api.model import lmms
 
 from accelerate import Accelerator
 
-from holov_patches.cli_args import FLAG_NAMES, pruning_config_from_kwargs
+from holov_patches.cli_args import FLAG_NAMES, pruning_config_from_values
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates, get_conv_template, user_message
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
@@ -111,7 +111,7 @@ class LlavaHolov(lmms):
         if dtype is not None and str(dtype) not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
 
-        requested = pruning_config_from_kwargs(pruning_args)
+        requested = pruning_config_from_values(pruning_args)
 
         # One model copy per process: `accelerate launch` splits the requests over ranks.
         self.accelerator = Accelerator()

@@ -19,6 +19,7 @@ import torch
 from holov_patches import resolve_pruning_config
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.builder import looks_like_local_path
+from llava.utils import default_device
 from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def load_pretrained_model(model_path: str, model_base: Optional[str], model_name
     check_checkpoint_source(model_path, model_base)
     # The original defaults to "cuda"; without CUDA that is a crash deep in loading (lmms-eval's
     # stock wrapper passes no device), so the default is cuda when there is one, else cpu.
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     multimodal = bool(kwargs.pop("multimodal", False))
     customized_config = kwargs.pop("customized_config", None)
     overwrite_config = kwargs.pop("overwrite_config", None)

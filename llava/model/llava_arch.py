@@ -175,15 +175,11 @@ class LlavaMetaForCausalLM(ABC):
             return self.get_model().mm_projector(features), cls_attn
         return self.get_model().mm_projector(tower(images))
 
-    def _prune(self, feats: torch.Tensor, attn: torch.Tensor, cfg: PruningConfig, grid) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Run the registry's pruner on [M, N, D] features of M images sharing one layout."""
-        return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid)
-
-    def _prune_part(self, feats, attn, cfg: PruningConfig, keep: int, grid) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One part of a multi-part image with its share ``keep`` of the budget (0 keeps nothing)."""
-        if keep == 0:
-            return feats[:, :0], torch.zeros(feats.shape[0], 0, dtype=torch.long, device=feats.device)
-        return self._prune(feats, attn, cfg.with_keep(keep), grid)
+    def _prune(self, feats: torch.Tensor, attn: torch.Tensor, cfg: PruningConfig, grid,
+               keep: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the registry's pruner on [M, N, D] features of M images sharing one layout
+        (``keep``: a part's share of a multi-part image's budget)."""
+        return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid, keep=keep)
 
     def _image_features(self, images, image_sizes, cfg: Optional[PruningConfig],
                         record: Optional[PruningRecord]) -> List[ImageTokens]:
@@ -276,8 +272,8 @@ class LlavaMetaForCausalLM(ABC):
         n_base, height, width = layout
         side = int(round(n_base ** 0.5))
         keep_base, keep_hi = cfg.split_budget([n_base, tokens.shape[0] - n_base])
-        kb, ib = self._prune_part(tokens[None, :n_base], token_attn[None, :n_base], cfg, keep_base, (side, side))
-        kh, ih = self._prune_part(tokens[None, n_base:], token_attn[None, n_base:], cfg, keep_hi, (height, width))
+        kb, ib = self._prune(tokens[None, :n_base], token_attn[None, :n_base], cfg, (side, side), keep_base)
+        kh, ih = self._prune(tokens[None, n_base:], token_attn[None, n_base:], cfg, (height, width), keep_hi)
         order = ih[0].argsort()  # raster order of the kept high-res tokens
         hi_index, hi_tokens = ih[0][order], kh[0][order]
         row = hi_index // width

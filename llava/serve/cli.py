@@ -117,7 +117,7 @@ def chat(args: argparse.Namespace) -> int:
     image_tensor = image_tensor.to(model.device, dtype=model.dtype) if isinstance(image_tensor, torch.Tensor) else \
         [t.to(model.device, dtype=model.dtype) for t in image_tensor]
 
-    first = True
+    first, picture = True, args.kept_picture
     while True:
         text = read_question(f"{roles[0]}: ")
         if text is None or not text.strip():
@@ -161,9 +161,9 @@ def chat(args: argparse.Namespace) -> int:
         record = getattr(model, "last_pruning", None)
         if record is not None and args.debug:
             print(f"[holov] kept {[int((k >= 0).sum()) for k in record.kept_index]} of {record.num_tokens} visual tokens")
-        if args.kept_picture and record is not None:
-            print(draw_record(record, model, image_processor, image, model.get_pruning(), args.kept_picture))
-            args.kept_picture = None  # the first answer's prefill is the one drawn
+        if picture and record is not None:
+            print(draw_record(record, model, image_processor, image, model.get_pruning(), picture))
+            picture = None  # the first answer's prefill is the one drawn
     return 0
 
 
