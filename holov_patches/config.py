@@ -18,7 +18,7 @@ POSITION_IDS = ("compact", "original")
 ATTENTION_DTYPES = ("model", "float32")
 OFF_METHODS = ("none", "off")
 ENV_VAR = "HOLOV_PRUNING"
-DEFAULT_KEEP = 64  # the paper's headline budget (88.9% of 576 pruned)
+DEFAULT_KEEP = 64  # the paper's headline budget (88.9% of 576 pruned); a method may declare a default_ratio
 
 # The named options of HoloV's improved mode. Faithful mode reproduces the authors' released
 # code and takes none of them; every way in which improved mode departs from that code is one
@@ -101,8 +101,12 @@ class PruningConfig:
             get_entry(self.method)  # raises with the list of known methods
         if self.keep is not None and self.ratio is not None:
             raise ValueError(f"give keep ({self.keep}) or ratio ({self.ratio}), not both")
-        if self.keep is None and self.ratio is None:
-            self.keep = DEFAULT_KEEP
+        if self.keep is None and self.ratio is None:  # the method's declared default, else DEFAULT_KEEP
+            default = None if self.is_off else get_entry(self.method).default_ratio
+            if default is None:
+                self.keep = DEFAULT_KEEP
+            else:
+                self.ratio = default
         if self.keep is not None and (not _is_int(self.keep) or self.keep < 1):
             raise ValueError(f"keep={self.keep!r} must be an integer >= 1")
         if self.ratio is not None:

@@ -23,17 +23,22 @@ def cls_attention_from_hidden(attn: nn.Module, normed_hidden: torch.Tensor, dtyp
     and the head mean in the input's dtype (float16 under LLaVA's loader). In float32 both
     give the same row up to rounding; in float16 / bfloat16 only ``model`` keeps the values
     (and the many exact ties) that the authors' pruner saw."""
-    if dtype == "model" and normed_hidden.dtype != torch.float32:
-        return _cls_attention_as_eager_437(attn, normed_hidden)
+    return cls_attention_heads_from_hidden(attn, normed_hidden, dtype).mean(dim=1)  # [B, T-1]
+
+
+def cls_attention_heads_from_hidden(attn: nn.Module, normed_hidden: torch.Tensor, dtype: str = "float32") -> torch.Tensor:
+    """The same row per head: [B, H, T-1] (see :func:`cls_attention_from_hidden` for ``dtype``)."""
     if dtype not in ("model", "float32"):
         raise ValueError(f"dtype={dtype!r} is not one of ('model', 'float32')")
+    if dtype == "model" and normed_hidden.dtype != torch.float32:
+        return _cls_attention_as_eager_437(attn, normed_hidden)
     bsz, seq, _ = normed_hidden.shape
     heads, head_dim = attn.num_heads, attn.head_dim
     q = attn.q_proj(normed_hidden[:, :1]).view(bsz, 1, heads, head_dim).transpose(1, 2)  # [B, H, 1, hd]
     k = attn.k_proj(normed_hidden).view(bsz, seq, heads, head_dim).transpose(1, 2)  # [B, H, T, hd]
     logits = torch.matmul(q, k.transpose(2, 3)) * attn.scale  # [B, H, 1, T]
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as eager attention does
-    return probs[:, :, 0, 1:].mean(dim=1)  # [B, T-1]
+    return probs[:, :, 0, 1:]  # [B, H, T-1]
 
 
 def _cls_attention_as_eager_437(attn: nn.Module, normed_hidden: torch.Tensor) -> torch.Tensor:
@@ -48,4 +53,14 @@ def _cls_attention_as_eager_437(attn: nn.Module, normed_hidden: torch.Tensor) ->
     q = per_head(attn.q_proj(normed_hidden) * attn.scale)
     k = per_head(attn.k_proj(normed_hidden))
     probs = torch.nn.functional.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)  # [B*H, T, T] input dtype
-    return probs.view(bsz, heads, seq, seq)[:, :, 0, 1:].mean(dim=1)  # [B, T-1] input dtype
+    return probs.view(bsz, heads, seq, seq)[:, :, 0, 1:]  # [B, H, T-1] input dtype
+
+
+def attention_keys_from_hidden(attn: nn.Module, normed_hidden: torch.Tensor) -> torch.Tensor:
+    """The layer's attention keys averaged over heads: [B, T, hd] in the input's dtype, [CLS] first.
+
+    As VisionZip reads them: ``k_proj`` of the layer's normed input, split into heads
+    ([B, H, T, hd]) and averaged over the head axis."""
+    bsz, seq, _ = normed_hidden.shape
+    keys = attn.k_proj(normed_hidden).view(bsz, seq, attn.num_heads, attn.head_dim).transpose(1, 2)  # [B, H, T, hd]
+    return keys.mean(dim=1)

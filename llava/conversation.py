@@ -12,7 +12,8 @@ import dataclasses
 from enum import Enum, auto
 from typing import Any, List, Optional, Tuple
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from llava.constants import (DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER, MC_PROMPT,
+                             MC_PROMPT_CN, SHORT_ANSWER_PROMPT)
 
 
 class SeparatorStyle(Enum):
@@ -306,3 +307,16 @@ def build_prompt(question: str, conv_mode: str, num_images: int = 1, *, mm_use_i
                                                     keep_placed_tags=keep_placed_tags))
     conv.append_message(conv.roles[1], None)
     return conv.get_prompt()
+
+
+ANSWER_FORMAT_SENTENCES = (SHORT_ANSWER_PROMPT, MC_PROMPT, MC_PROMPT_CN)
+
+
+def question_text(text: str) -> str:
+    """A free-form question as a text-conditioned pruner (CDPruner's ``pruning_text``) should
+    see it: image tags and the eval prompts' answer-format sentences removed."""
+    for tag in (DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN, DEFAULT_IMAGE_TOKEN):
+        text = text.replace(tag, "")
+    for sentence in ANSWER_FORMAT_SENTENCES:
+        text = text.replace("\n" + sentence, "").replace(sentence, "")
+    return text.strip()

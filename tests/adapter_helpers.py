@@ -66,7 +66,7 @@ def scratch_registry(monkeypatch):
             calls.append(dict(tokens=tokens, cls_attn=cls_attn, keep=keep, grid=grid))
             return fn(tokens, cls_attn, keep, grid=grid)
 
-        monkeypatch.setitem(registry._REGISTRY, name, registry.PrunerEntry(name, recorded, "pre_llm", "test"))
+        monkeypatch.setitem(registry._REGISTRY, name, registry.PrunerEntry(name, recorded, "projector", "test"))
         return name
 
     register.calls = calls

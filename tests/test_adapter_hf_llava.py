@@ -3,10 +3,11 @@
 What is checked: the patch is per instance and undoable (bit-identical logits and generate
 after remove(), and with pruning off); K = all tokens is bit-identical to the unpatched
 model; the prefill shrinks by exactly the pruned count for every registered pre-LLM method;
-kept tokens carry their ORIGINAL position ids; the pruned model equals the unpatched model
-run on the full sequence with the pruned image tokens masked out (prefill AND decode steps,
-which shows decoding continues from the original positions); the pruner sees the [CLS]
-attention of the selected CLIP layer; batch 2 with left padding and two images per prompt.
+with position_ids="original" kept tokens carry their ORIGINAL position ids and the pruned
+model equals the unpatched model run on the full sequence with the pruned image tokens
+masked out (prefill AND decode steps, which shows decoding continues from the original
+positions); the pruner sees the [CLS] attention of the selected CLIP layer; batch 2 with
+left padding and two images per prompt. Compact positions: test_adapter_compact_positions.py.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners
+from holov_patches.adapters.apply import adapter_methods
+from holov_patches import PruningConfig
 from holov_patches.adapters.apply import ADAPTERS
 
 from adapter_helpers import (assert_decode_matches_masked_model, assert_kept_columns_match, generate_or_skip,
@@ -84,7 +86,7 @@ def test_dispatch_twice_and_remove_restore_the_instance(model):
         handle.remove()
     model.config.model_type, saved = "opt", model.config.model_type
     try:
-        with pytest.raises(ValueError, match="llava, llava_next, qwen2_5_vl"):
+        with pytest.raises(ValueError, match="internvl, llava, llava_next, llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_vl"):
             holov_patches.apply(model, PruningConfig(method="cls_topk", keep=4))
     finally:
         model.config.model_type = saved
@@ -118,7 +120,7 @@ def test_keep_all_tokens_is_bit_identical(model, scratch):
             assert torch.equal(model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=PAD), generated)
 
 
-@pytest.mark.parametrize("method", list_pruners(stage="pre_llm"))
+@pytest.mark.parametrize("method", adapter_methods())  # the others are refused (test_method_contract)
 @torch.no_grad()
 def test_every_method_shrinks_the_prefill_by_the_pruned_count(model, method):
     inputs = two_image_inputs()
@@ -135,7 +137,7 @@ def test_every_method_shrinks_the_prefill_by_the_pruned_count(model, method):
 def test_kept_tokens_keep_their_original_positions(model, scratch):
     inputs = batch_inputs()
     keep = 5
-    config = PruningConfig(method=scratch("t_desc", topk_descending), keep=keep)
+    config = PruningConfig(method=scratch("t_desc", topk_descending), keep=keep, position_ids="original")
     with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
         model(**inputs)
         record = handle.last_prefill
@@ -168,7 +170,7 @@ def uneven_inputs():
 def test_pruned_run_equals_masked_full_model_prefill_and_decode(model, scratch, make_inputs):
     inputs = make_inputs()
     steps = 3
-    config = PruningConfig(method=scratch("t_topk", topk_raster), keep=5)
+    config = PruningConfig(method=scratch("t_topk", topk_raster), keep=5, position_ids="original")
     out, record, prefill_logits, forward_record = pruned_generate_and_forward(model, config, inputs, pad=PAD,
                                                                               steps=steps)
     # generate's positions: cumsum of the mask (left pads at 0), continued by +1 per new token
@@ -202,7 +204,7 @@ def test_pruner_gets_cls_attention_of_the_selected_layer_and_the_grid(model, scr
 def test_zero_pads_and_labels_stay_consistent(model, scratch):
     inputs = batch_inputs()
     labels = torch.where(inputs["input_ids"] == IMAGE, -100, inputs["input_ids"])
-    config = PruningConfig(method=scratch("t_pad", topk_with_pad), keep=4)
+    config = PruningConfig(method=scratch("t_pad", topk_with_pad), keep=4, position_ids="original")
     with lm_inputs(model) as seen, holov_patches.apply(model, config) as handle:
         out = model(**inputs, labels=labels)
         record = handle.last_prefill
@@ -233,7 +235,8 @@ def test_rows_losing_different_counts_are_left_padded(model, scratch):
 @torch.no_grad()
 def test_generate_without_cache_and_with_beams(model):
     inputs = uneven_inputs()
-    with holov_patches.apply(model, PruningConfig(method="cls_topk", keep=3)) as handle:
+    # original positions here; tests/test_adapter_compact_positions.py runs the same with compact ones
+    with holov_patches.apply(model, PruningConfig(method="cls_topk", keep=3, position_ids="original")) as handle:
         cached = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
         # without a cache every step is a fresh pruned prefill of the whole sequence: same tokens
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD,

@@ -6,8 +6,8 @@ every image_newline, improved mode keeps exactly the newlines of rows that keep 
 right after that row's last kept token; the per-image budget (ratio per part, absolute K
 split); the high-res signal follows the stitched and unpadded 2-D layout (checked against
 eager [CLS] attention with an independent index formula) and the pruner gets the grids;
-original position ids; the pruned run equals the masked full model through generate;
-batch 2 with different image sizes and two images per prompt.
+original position ids (position_ids="original"); the pruned run equals the masked full
+model through generate; batch 2 with different image sizes and two images per prompt.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners
+from holov_patches.adapters.apply import adapter_methods
+from holov_patches import PruningConfig
 
 from adapter_helpers import (assert_decode_matches_masked_model, assert_keep_all_and_removed_are_bit_identical,
                              generate_or_skip, image_runs, left_padded_prompts, lm_inputs, masked_reference,
@@ -140,7 +141,7 @@ def test_high_res_signal_follows_the_stitched_unpadded_layout(model, scratch):
 def test_positions_are_original_and_pruned_run_equals_masked_full_model(model, scratch):
     inputs = make_inputs([[(50, 100)], [(100, 90)]])
     steps = 3
-    config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6, mode="improved")
+    config = PruningConfig(method=scratch("t_topk", topk_raster), ratio=0.6, mode="improved", position_ids="original")
     out, record, _, plain = pruned_generate_and_forward(model, config, inputs, pad=PAD, steps=steps)
     for (b, start, _), offsets, size in zip(image_runs(inputs["input_ids"], IMAGE), plain.offsets,
                                             [(50, 100), (100, 90)]):
@@ -153,7 +154,7 @@ def test_positions_are_original_and_pruned_run_equals_masked_full_model(model, s
 
 
 @pytest.mark.parametrize("mode", ["faithful", "improved"])
-@pytest.mark.parametrize("method", list_pruners(stage="pre_llm"))
+@pytest.mark.parametrize("method", adapter_methods())  # the others are refused (test_method_contract)
 @torch.no_grad()
 def test_every_method_generates_with_two_images_and_batch_two(model, method, mode):
     inputs = make_inputs([[(50, 100), (30, 112)], [(100, 90)]])

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import holov_patches
-from holov_patches import PruningConfig, list_pruners
+from holov_patches.adapters.apply import adapter_methods
+from holov_patches import PruningConfig
 
 from adapter_helpers import (assert_decode_matches_masked_model, assert_keep_all_and_removed_are_bit_identical,
                              assert_kept_columns_match, generate_or_skip, image_runs, left_padded_prompts, lm_inputs,
@@ -174,7 +175,7 @@ def test_pruned_run_equals_masked_full_model_prefill_and_decode(model, scratch):
     assert_kept_columns_match(prefill, ref, plain.source, inputs["attention_mask"])
 
 
-@pytest.mark.parametrize("method", list_pruners(stage="pre_llm"))
+@pytest.mark.parametrize("method", adapter_methods())  # the others are refused (test_method_contract)
 @torch.no_grad()
 def test_every_method_generates_with_two_images_and_batch_two(model, method):
     inputs = make_inputs([GRIDS, [(1, 4, 4)]])

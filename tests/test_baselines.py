@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from holov_patches import PruningConfig, get_pruner, list_pruners, prune_visual_tokens
 from holov_patches.methods import divprune as divprune_module
 from holov_patches.methods import fastv as fastv_module
-from holov_patches.methods import visionzip as visionzip_module
+from holov_patches.methods import visionzip_projected as visionzip_module
 from holov_patches.registry import get_entry
 
 
@@ -155,7 +155,7 @@ def test_divprune_rejects_non_finite_tokens():
         get_pruner("divprune")(tokens, cls_attn, 8)
 
 
-# ---- visionzip --------------------------------------------------------------------------
+# ---- visionzip_projected (VisionZip's idea after the projector) -------------------------
 
 @pytest.mark.parametrize("keep,contextual", [(64, 10), (128, 20), (192, 30), (32, 5), (16, 3), (2, 1), (1, 1)])
 def test_visionzip_default_split_follows_the_paper_ratio(keep, contextual):
@@ -187,7 +187,7 @@ def _reference_visionzip(x, attn, keep, contextual, merge):
 @pytest.mark.parametrize("keep,contextual", [(16, None), (9, 4), (5, 5)])
 def test_visionzip_contextual_tokens_are_means_of_their_groups(keep, contextual, merge):
     tokens, cls_attn = _inputs(batch=2, num=64, dim=16, seed=4)
-    kept, index = get_pruner("visionzip")(tokens, cls_attn, keep, contextual=contextual, merge=merge)
+    kept, index = get_pruner("visionzip_projected")(tokens, cls_attn, keep, contextual=contextual, merge=merge)
     num_ctx = visionzip_module.default_contextual(keep) if contextual is None else contextual
     for row in range(2):
         expected = _reference_visionzip(tokens[row], cls_attn[row], keep, num_ctx, merge)
@@ -198,14 +198,14 @@ def test_visionzip_contextual_tokens_are_means_of_their_groups(keep, contextual,
 
 def test_visionzip_without_contextual_tokens_is_cls_topk():
     tokens, cls_attn = _inputs()
-    zipped = get_pruner("visionzip")(tokens, cls_attn, 12, contextual=0)
+    zipped = get_pruner("visionzip_projected")(tokens, cls_attn, 12, contextual=0)
     topk = get_pruner("cls_topk")(tokens, cls_attn, 12)
     assert torch.equal(zipped[0], topk[0]) and torch.equal(zipped[1], topk[1])
 
 
 def test_visionzip_keeps_the_dominant_tokens_unchanged():
     tokens, cls_attn = _inputs()
-    kept, index = get_pruner("visionzip")(tokens, cls_attn, 32)  # 27 dominant + 5 contextual
+    kept, index = get_pruner("visionzip_projected")(tokens, cls_attn, 32)  # 27 dominant + 5 contextual
     for row in range(2):
         dominant = torch.argsort(cls_attn[row], descending=True)[:27].tolist()
         slots = [index[row].tolist().index(p) for p in dominant]
@@ -217,12 +217,12 @@ def test_visionzip_keeps_the_dominant_tokens_unchanged():
 def test_visionzip_rejects_bad_options(options):
     tokens, cls_attn = _inputs()
     with pytest.raises(ValueError, match=next(iter(options))):
-        get_pruner("visionzip")(tokens, cls_attn, 12, **options)
+        get_pruner("visionzip_projected")(tokens, cls_attn, 12, **options)
 
 
 def test_visionzip_options_reach_it_through_the_config():
     tokens, cls_attn = _inputs()
-    via_config = prune_visual_tokens(tokens, cls_attn, PruningConfig(method="visionzip", keep=12, options={"contextual": 0}))
+    via_config = prune_visual_tokens(tokens, cls_attn, PruningConfig(method="visionzip_projected", keep=12, options={"contextual": 0}))
     direct = get_pruner("cls_topk")(tokens, cls_attn, 12)
     assert torch.equal(via_config[1], direct[1])
 

@@ -87,7 +87,8 @@ def _m(result, label, keep, key):
 
 
 def test_report_covers_every_pre_llm_method(small_report):
-    expected = {"cls_topk", "divprune", "random", "visionzip", *coverage.HOLOV_VARIANTS}
+    expected = {"cdpruner", "cls_topk", "divprune", "random", "visionzip", "visionzip_projected", "vispruner",
+                *coverage.HOLOV_VARIANTS}
     assert set(small_report.labels) | set(small_report.skipped) == expected
 
 

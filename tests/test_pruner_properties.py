@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from holov_patches import get_pruner, list_pruners
+from holov_patches.registry import NO_SOURCE_INDEX, get_entry
 
 ROWS, COLS, DIM = 8, 8, 16
 N = ROWS * COLS
-MERGING = {"visionzip"}  # methods whose kept tokens are merged vectors, not rows of the input
+# methods whose kept tokens include merged vectors, not rows of the input
+MERGING = {n for n in list_pruners(stage="pre_llm") if get_entry(n).merges} | {"visionzip_projected"}
 
 
 def _cases():
@@ -39,8 +41,22 @@ def _inputs(batch=3, dtype=torch.float32, seed=0):
     return tokens, cls_attn
 
 
+def _declared_inputs(name, tokens):
+    """The extra inputs a method declares (keys, [CLS] token, per-head attention, CLIP-space
+    image and text embeddings), made from the tokens alone so that slicing a batch slices
+    them too."""
+    made = {
+        "cls_attn_heads": lambda: torch.softmax(tokens[..., :2].float().transpose(1, 2) * 3, dim=-1).to(tokens.dtype),
+        "keys": lambda: tokens[..., :4] + 0.5,
+        "cls_token": lambda: tokens.mean(dim=1),
+        "image_embeds": lambda: tokens[..., :8] + 0.25,
+        "text_embeds": lambda: tokens[:, :3, :8].mean(dim=1) - 0.5,
+    }
+    return {need: made[need]() for need in get_entry(name).needs if need != "cls_attn"}
+
+
 def _prune(name, opts, tokens, cls_attn, keep, **extra):
-    return get_pruner(name)(tokens, cls_attn, keep, grid=(ROWS, COLS), **opts, **extra)
+    return get_pruner(name)(tokens, cls_attn, keep, grid=(ROWS, COLS), **opts, **_declared_inputs(name, tokens), **extra)
 
 
 @pytest.mark.parametrize("keep", [1, 7, 20, N - 1])
@@ -57,6 +73,9 @@ def test_keeps_k_distinct_valid_indices(name, opts, keep):
         if _faithful(name, opts):
             assert bool((index[row] >= -1).all())
             assert bool((kept[row][index[row] < 0] == 0).all()), "a -1 pad must be a zero vector"
+        elif get_entry(name).merges:
+            assert bool(((index[row] >= 0) | (index[row] == NO_SOURCE_INDEX)).all()), "only -2 marks a row without a source"
+            assert bool((real[1:] > real[:-1]).all()), "kept patches must be in raster order"
         else:
             assert real.numel() == keep, "only faithful HoloV may pad with -1"
             assert bool((index[row][1:] > index[row][:-1]).all()), "kept tokens must be in raster order"
@@ -150,5 +169,5 @@ def test_inputs_are_not_modified(name, opts):
 
 def test_every_pre_llm_method_is_covered():
     names = {c.values[0] for c in CASES}
-    assert {"holov", "cls_topk", "visionzip", "divprune", "random"} <= names
+    assert {"holov", "cls_topk", "visionzip", "visionzip_projected", "divprune", "random", "vispruner", "cdpruner"} <= names
     assert "fastv" not in names  # it runs inside the LLM

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from holov_patches.api import prune_visual_tokens
 from holov_patches.config import PruningConfig
-from holov_patches.registry import list_pruners
+from holov_patches.registry import get_entry, list_pruners
 from benchmarks.coverage.synthetic_maps import SALIENT, MapSpec, SyntheticMap, make_map
 
 DEFAULT_KEEPS = (192, 128, 64, 32, 16)
@@ -73,10 +73,25 @@ class Variant:
     run: Runner
 
 
+def stand_in_inputs(needs, tokens: torch.Tensor, cls_attn: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """A synthetic map has tokens and a [CLS] row only; a method that declares more gets
+    stand-ins: one attention head (the row itself), the tokens as their own keys, their
+    mean as the [CLS] token, the tokens as their own CLIP image embeddings and their mean as
+    the text embedding. Said in the report."""
+    made = {"cls_attn_heads": lambda: cls_attn[:, None], "keys": lambda: tokens, "cls_token": lambda: tokens.mean(dim=1),
+            "image_embeds": lambda: tokens, "text_embeds": lambda: tokens.mean(dim=1)}
+    missing = [n for n in needs if n != "cls_attn" and n not in made]
+    if missing:
+        raise ValueError(f"the coverage report has no stand-in for the inputs {missing}")
+    return {n: made[n]() for n in needs if n != "cls_attn"}
+
+
 def _run_config(tokens, cls_attn, keep, seed, grid, *, method: str, config_kwargs: Dict, seeded: bool):
     options = {"seed": seed} if seeded else {}
     config = PruningConfig(method=method, keep=keep, options=options, **config_kwargs)
-    return prune_visual_tokens(tokens, cls_attn, config, grid=grid)
+    needs = get_entry(method).needs
+    return prune_visual_tokens(tokens, cls_attn if "cls_attn" in needs else None, config, grid=grid,
+                               **stand_in_inputs(needs, tokens, cls_attn))
 
 
 # HoloV settings in the report: both modes, plus the improved mode with one option changed
@@ -192,7 +207,7 @@ def _markdown(result: CoverageResult, command: str) -> str:
         "",
         f"    {command}",
         "",
-        "A weight-free proxy (see `holov_patches/coverage.py` and `holov_patches/synthetic_maps.py`): "
+        "A weight-free proxy (see `benchmarks/coverage/run.py` and `benchmarks/coverage/synthetic_maps.py`): "
         f"{result.seeds} synthetic {spec.rows} x {spec.cols} token maps (D = {spec.dim}) with a smoothly textured "
         f"background, a {spec.uniform_size[0]} x {spec.uniform_size[1]} region of near-duplicate tokens, "
         f"{len(spec.object_sizes)} objects of sides {', '.join(map(str, spec.object_sizes))} patches and one "
@@ -200,10 +215,13 @@ def _markdown(result: CoverageResult, command: str) -> str:
         f"[CLS] attention levels: salient {spec.salient_attn:g}, objects {spec.object_attn:g}, background "
         f"{spec.background_attn:g}, times log-normal noise (sigma {spec.attn_noise:g}), normalised per map. "
         "Every method runs through `prune_visual_tokens` with a `PruningConfig`; random uses the map's seed. "
+        "Methods that need more than tokens and the [CLS] row (visionzip, cdpruner) get stand-ins for what a "
+        "map lacks: the [CLS] row as one head, the tokens as their own keys and as their own CLIP image "
+        "embeddings, their mean as the [CLS] token and as the text embedding. "
         "Values are means over maps (standard deviations in the CSV).",
         "",
         "Metrics: object coverage = share of objects (salient included) with at least one kept position "
-        "(a merged VisionZip token counts at its `kept_index`); dropped-to-kept distance = mean cosine distance "
+        "(`visionzip_projected` merges into its targets and counts there; `visionzip`'s [CLS] and merged rows have no single position, `kept_index` -2, and are not counted); dropped-to-kept distance = mean cosine distance "
         "from each dropped token to its nearest kept vector; spatial gap = mean Euclidean grid distance "
         "(patches) from every cell to the nearest kept position; salient share = fraction of kept positions "
         "on the salient object. K >= N keeps every token.",

@@ -20,13 +20,13 @@ import torch
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from holov_patches.api import prune_visual_tokens
+from holov_patches.api import pre_llm_entry, prune_visual_tokens
 from holov_patches.config import PruningConfig
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt as build_conv_prompt
 from llava.mm_utils import process_images, tokenizer_image_token
 from benchmarks.efficiency.flops import LlavaShape, decode_flops_per_token, kv_cache_bytes, prefill_flops, shape_from_model
-from holov_patches.registry import get_entry, list_pruners
+from holov_patches.registry import list_pruners
 
 DEFAULT_KEEPS = (576, 192, 128, 64)
 # About 35 LLaMA tokens; the tiny checkpoints' small tokenizer splits it into more.
@@ -77,12 +77,13 @@ class Runner:
         self.cuda = model.device.type == "cuda"
         tower = model.get_vision_tower()
         self.grid = (tower.num_patches_per_side, tower.num_patches_per_side)
-        self._features: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._features: Optional[Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]] = None
 
-    def features(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The projected visual tokens [1, N, D] and [CLS] row [1, N] the pruner sees (the same for every K)."""
+    def features(self, config: PruningConfig) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """What the method declares, as the model computes it (tokens at its stage, the [CLS]
+        row or None, its other inputs); the same for every K of one method."""
         if self._features is None:
-            self._features = self.model.encode_images(self.prompt.images, with_cls_attn=True)
+            self._features = self.model.pruner_inputs(self.prompt.images, config)
         return self._features
 
     def sync(self) -> None:
@@ -102,7 +103,14 @@ class Runner:
         return wall
 
     def vision(self, config: Optional[PruningConfig]):
-        return self.model.get_vision_tower()(self.prompt.images, with_cls_attn=config is not None)
+        """The tower's share: its features, plus exactly the inputs the method declares."""
+        tower = self.model.get_vision_tower()
+        if config is None:
+            return tower(self.prompt.images)
+        entry = pre_llm_entry(config)
+        if entry.stage == "tower":
+            return tower.tower_inputs(self.prompt.images, entry.needs, config.attention_dtype)
+        return tower(self.prompt.images, with_cls_attn="cls_attn" in entry.needs)
 
     def prefill(self):
         p = self.prompt
@@ -131,8 +139,8 @@ class Runner:
         if config is None:
             times["pruner"] = 0.0
         else:
-            feats, cls_attn = self.features()
-            times["pruner"] = self.timed(lambda: prune_visual_tokens(feats, cls_attn, config, grid=self.grid))
+            feats, cls_attn, inputs = self.features(config)
+            times["pruner"] = self.timed(lambda: prune_visual_tokens(feats, cls_attn, config, grid=self.grid, **inputs))
         cpu: List[float] = []
         times["prefill"] = self.timed(self.prefill, cpu)
         times["prefill_cpu"] = cpu[0]
@@ -149,9 +157,9 @@ class Runner:
         self.model.set_pruning(config)
         selection = 0
         if config is not None:
-            feats, cls_attn = self.features()
+            feats, cls_attn, inputs = self.features(config)
             with FlopCounterMode(display=False) as counter:
-                prune_visual_tokens(feats, cls_attn, config, grid=self.grid)
+                prune_visual_tokens(feats, cls_attn, config, grid=self.grid, **inputs)
             selection = counter.get_total_flops()
         if self.cuda:
             self.sync()
@@ -243,7 +251,7 @@ def check_keeps(keeps: Sequence[int], num_tokens: int) -> List[int]:
 
 def check_method(method: str) -> str:
     pre_llm = list_pruners(stage="pre_llm")
-    if method not in pre_llm or get_entry(method).stage != "pre_llm":
+    if method not in pre_llm:
         raise ValueError(f"--method {method!r} is not a pre-LLM pruner; accepted: {pre_llm} "
                          "(in-LLM methods such as fastv change the LLM's cost in ways this FLOPs model does not count)")
     return method

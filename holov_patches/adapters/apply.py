@@ -14,14 +14,23 @@ from torch import nn
 from holov_patches.adapters.base import SequencePruningAdapter
 from holov_patches.adapters.hf_llava import HFLlavaAdapter
 from holov_patches.adapters.hf_llava_next import HFLlavaNextAdapter
+from holov_patches.adapters.internvl import InternVLAdapter
+from holov_patches.adapters.llava_onevision import LlavaOnevisionAdapter
 from holov_patches.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from holov_patches.adapters.qwen2_vl import Qwen2VLAdapter
+from holov_patches.adapters.qwen3_vl import Qwen3VLAdapter
 from holov_patches.config import PruningConfig, as_pruning_config
+from holov_patches.registry import get_entry, list_pruners
 
 # model_type -> its adapter: the one table of seams (the adapters import torch only).
 ADAPTERS: Dict[str, Type[SequencePruningAdapter]] = {
+    "internvl": InternVLAdapter,
     "llava": HFLlavaAdapter,
     "llava_next": HFLlavaNextAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
     "qwen2_5_vl": Qwen2_5_VLAdapter,
+    "qwen2_vl": Qwen2VLAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
 }
 
 _HANDLE_ATTR = "_holov_pruning_handle"
@@ -72,6 +81,14 @@ class PruningHandle:
         return f"PruningHandle({self.model.config.model_type}, {what}, {state})"
 
 
+ADAPTER_INPUTS = ("cls_attn",)  # what every family adapter can compute for a method
+
+
+def adapter_methods() -> list:
+    """The registry's methods the transformers adapters run: after the projector, needing at most the [CLS] row."""
+    return [n for n in list_pruners(stage="projector") if set(get_entry(n).needs) <= set(ADAPTER_INPUTS)]
+
+
 def apply(model: nn.Module, config: Any) -> PruningHandle:
     """Turn pre-LLM visual token pruning on for ``model`` (one instance).
 
@@ -89,9 +106,18 @@ def apply(model: nn.Module, config: Any) -> PruningHandle:
         cfg = None
     adapter = None
     if cfg is not None:
-        if cfg.stage != "pre_llm":
+        if cfg.stage == "llm":
             raise ValueError(f"method {cfg.method!r} runs inside the LLM (stage={cfg.stage!r}); the {model_type} adapter "
                              "applies pre-LLM pruners only")
+        entry = get_entry(cfg.method)
+        if entry.stage == "tower":
+            raise ValueError(f"method {cfg.method!r} prunes inside the vision tower (before the projector), which the "
+                             f"transformers adapters do not support; use one of: {', '.join(adapter_methods())} "
+                             "(e.g. 'visionzip_projected')")
+        missing = [n for n in entry.needs if n not in ADAPTER_INPUTS]
+        if missing:
+            raise ValueError(f"method {cfg.method!r} needs {missing}, which the transformers adapters do not compute "
+                             f"(they compute {list(ADAPTER_INPUTS)}); use one of: {', '.join(adapter_methods())}")
         adapter = ADAPTERS[model_type](model, cfg)
         adapter.install()
     handle = PruningHandle(model, cfg, adapter)

@@ -18,15 +18,32 @@ and image tokens do not match" on any mismatch. An adapter wraps two methods of 
   feature tensor, until the next ``get_image_features`` call or ``remove()``.
 - ``forward``: on the prefill (images present) it looks those results up, builds one
   column map (:func:`compact_columns`), gathers ``input_ids``, ``attention_mask``,
-  ``position_ids`` (the ORIGINAL ones: from ``generate`` or as the unpatched model computes
-  them), ``labels`` and token-type ids through it (rows left-padded to a common length), and
-  calls the original forward with the kept vectors as ``mm_encoder_outputs``. Decoding steps
-  on the prefill's cache still receive ``generate``'s original-length ``attention_mask``:
-  it is mapped through the same column map; ``generate``'s ``position_ids`` continue from
-  the ORIGINAL positions (and are supplied that way when a caller gives none).
+  ``labels`` and token-type ids through it (rows left-padded to a common length), gives the
+  pruned sequence its position ids (below), and calls the original forward with the kept
+  vectors as ``mm_encoder_outputs``. Decoding steps on the prefill's cache still receive
+  ``generate``'s original-length ``attention_mask``: it is mapped through the same column map.
 
-So the KV cache holds the pruned length while RoPE sees the positions the tokens had before
-pruning; with K = all tokens the run is bit-identical to the unpatched model.
+Positions follow ``PruningConfig.position_ids`` as resolved by ``keeps_original_positions``
+(None: 'original' for improved HoloV, 'compact' otherwise; a family may refuse a setting,
+see :meth:`SequencePruningAdapter.resolve_positions`), the adapter's ``positions``:
+
+- 'original': each kept vector takes the position of the placeholder whose offset it keeps
+  (gaps), the text keeps its own; the positions are the ones the caller gave (``generate``'s)
+  or the unpatched model's for the unpruned ids. Decoding continues from the ORIGINAL
+  positions (``generate``'s own continuation; supplied that way when a caller gives none).
+  So the KV cache holds the pruned length while RoPE sees the positions the tokens had
+  before pruning.
+- 'compact' (the authors' LLaVA code): the pruned sequence is numbered as the unpatched
+  model numbers a sequence of the pruned length: without ``position_ids`` 0..L'-1 (as its
+  forward does), with them (``generate``: cumsum of the mask) each column's given position
+  minus the placeholders dropped before it in its row, which is ``generate``'s own numbering
+  of the pruned ids (per row 0..T'-1 over the real tokens, left pads as ``generate`` sets
+  them). Kept vectors take their slot's position, in sequence order, whatever order the
+  pruner returned. Decoding continues from T': position ids given in the unpruned numbering
+  (``generate``'s) are moved down by each row's pruned count; none given continue from the
+  last prompt position + 1.
+
+Either way, with K = all tokens the run is bit-identical to the unpatched model.
 """
 from __future__ import annotations
 
@@ -39,7 +56,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from holov_patches.api import prune_visual_tokens
+from holov_patches.api import pre_llm_entry, prune_visual_tokens
 from holov_patches.config import PruningConfig
 from holov_patches.record import PruningRecord
 
@@ -115,6 +132,30 @@ def compact_columns(image_mask: torch.Tensor, run_lengths: Sequence[int], offset
     return out[:, :new_length]
 
 
+def compact_positions(positions: Optional[torch.Tensor], image_mask: torch.Tensor, run_lengths: Sequence[int],
+                      keep_counts: Sequence[int]) -> torch.Tensor:
+    """The 'compact' position ids [B, L'] of the sequence that :func:`compact_columns` keeps
+    (image i keeps the first ``keep_counts[i]`` of its placeholders).
+
+    ``positions`` [B or 1, L] given by the caller (1-D RoPE ids of the unpruned ids): each kept
+    column takes its own given position minus the placeholders dropped before it in its
+    row; for ``generate``'s ids (cumsum of the mask - 1) that is exactly ``generate``'s
+    numbering of the pruned ids. ``positions`` None: 0..L'-1 in every row, what the
+    unpatched forward uses without position ids. Added left pads get 0 (they are masked)."""
+    batch, length = image_mask.shape
+    device = image_mask.device
+    own = compact_columns(image_mask, run_lengths, [torch.arange(k, device=device) for k in keep_counts])  # [B, L']
+    if positions is None:
+        return torch.arange(own.shape[1], device=device).expand(batch, own.shape[1])
+    if positions.dim() != 2:
+        raise ValueError(f"compact positions are 1-D position ids [B, L]; got shape {tuple(positions.shape)}")
+    kept = torch.zeros(batch, length + 1, dtype=torch.bool, device=device)
+    kept.scatter_(1, torch.where(own >= 0, own, length), True)  # added pads write into the scratch column
+    dropped = (image_mask & ~kept[:, :length]).long()  # [B, L] placeholders that are not kept
+    before = dropped.cumsum(1) - dropped  # [B, L] dropped strictly before each column
+    return gather_columns(positions.to(device) - before, own, 0)
+
+
 def gather_columns(x: torch.Tensor, source: torch.Tensor, fill) -> torch.Tensor:
     """x [..., B or 1, L] -> [..., B, L'] taking column source[b, j] (``fill`` where it is -1)."""
     batch = source.shape[0]
@@ -154,7 +195,8 @@ def prune_part(tokens: torch.Tensor, signal: torch.Tensor, config: PruningConfig
     """tokens [B, N, D], signal [B, N] -> (kept [B, K, D], index [B, K] int64) through the one
     registry call. ``keep`` overrides the config's budget (LLaVA-NeXT splits one image's K
     between its base and high-res parts); keep=0 keeps nothing."""
-    kept, index = prune_visual_tokens(tokens, signal.float(), config, grid=grid, keep=keep)
+    attn = signal.float() if "cls_attn" in pre_llm_entry(config).needs else None  # only what the method declares
+    kept, index = prune_visual_tokens(tokens, attn, config, grid=grid, keep=keep)
     return kept, index.to(torch.long)
 
 
@@ -215,6 +257,8 @@ class SequencePruningAdapter:
     - ``encode_images(arguments)``: call the base model's get_image_features exactly as the
       unpatched forward does on ``pixel_values``;
     - ``original_positions(arguments)``: the position ids the unpatched model would use;
+    - optional ``resolve_positions(config)`` ('compact' or 'original'; a family that cannot
+      number a pruned sequence one way raises there, at ``apply`` time);
     - optional ``extra_columns`` (other [B, L] inputs to gather) and ``image_inputs`` (the
       forward arguments that ``encode_images`` consumes).
     """
@@ -233,7 +277,9 @@ class SequencePruningAdapter:
         pad = getattr(text_config, "pad_token_id", None)
         # id written into the left pads added to rows that lost fewer tokens (masked out; never the image token)
         self.pad_token_id = int(pad) if pad is not None and int(pad) != self.image_token_id else int(self.image_token_id == 0)
+        self.positions = self.resolve_positions(config)  # 'compact' or 'original'
         self.last_prefill: Optional[PruningRecord] = None
+        self._position_shift: Optional[Tuple[PruningRecord, torch.Tensor]] = None  # compact: unpruned - pruned numbering
         self._results: Dict[int, Tuple[Callable[[], Any], PrunedImage]] = {}
         self._patches: List[_InstancePatch] = []
 
@@ -253,6 +299,10 @@ class SequencePruningAdapter:
     def original_positions(self, arguments: Dict[str, Any]) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def resolve_positions(self, config: PruningConfig) -> str:
+        """How the pruned sequence is numbered: the config's resolved setting."""
+        return "original" if config.keeps_original_positions else "compact"
+
     # -- install / remove ----------------------------------------------------
     def install(self) -> None:
         self._patches.append(_InstancePatch(self.base, "get_image_features", self._get_image_features))
@@ -268,6 +318,7 @@ class SequencePruningAdapter:
         self._patches.clear()
         self._results.clear()
         self.last_prefill = None
+        self._position_shift = None
 
     # -- get_image_features: prune and remember ------------------------------
     def _get_image_features(self, original, signature, args, kwargs):
@@ -328,9 +379,8 @@ class SequencePruningAdapter:
             raise NotImplementedError("pruning a prefill that continues a non-empty cache (a later image turn) is not "
                                       "supported; start from an empty cache")
         batch, length = input_ids.shape
-        positions = arguments.get("position_ids")
-        if positions is None:
-            positions = self.original_positions(arguments)
+        given = arguments.get("position_ids")
+        positions = given if given is not None else self.original_positions(arguments)
         attention_mask = arguments.get("attention_mask")
         if attention_mask is None:  # an explicit mask also keeps the gapped positions from reading as packed sequences
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=input_ids.device)
@@ -344,7 +394,12 @@ class SequencePruningAdapter:
         new = dict(arguments)
         new["input_ids"] = gather_columns(input_ids, source, self.pad_token_id)
         new["attention_mask"] = gather_columns(attention_mask, source, 0)
-        new["position_ids"] = gather_columns(positions, source, 0)
+        kept_positions = gather_columns(positions, source, 0)  # 'original': each kept token's own position
+        if self.positions == "compact":
+            new["position_ids"] = compact_positions(given, input_ids == self.image_token_id, run_lengths,
+                                                    [int(o.numel()) for o in offsets])
+        else:
+            new["position_ids"] = kept_positions
         if arguments.get("labels") is not None:
             new["labels"] = gather_columns(arguments["labels"], source, LABEL_IGNORE)
         for name, fill in self.extra_columns:
@@ -362,11 +417,16 @@ class SequencePruningAdapter:
         for result, span in zip(results, run_lengths):
             record.add_image(result.index, result.num_tokens, result.grid, result.offsets, span, result.parts)
         self.last_prefill = record
+        # compact: how far each row's numbering moved down (given decoding positions are in the unpruned numbering)
+        self._position_shift = ((record, kept_positions[..., -1:] - new["position_ids"][..., -1:])
+                                if self.positions == "compact" else None)
         return outputs
 
     def _continue(self, arguments: Dict[str, Any], record: PruningRecord, cache) -> None:
         """A decoding step on the cache of the last pruned prefill: map the original-length
-        mask onto the pruned cache, and continue the ORIGINAL positions if none are given."""
+        mask onto the pruned cache; positions: none given continue from the prefill's last
+        position + 1; given ones (``generate``'s, in the unpruned numbering) are kept for
+        'original' and moved down by the row's pruned count for 'compact'."""
         ids = arguments.get("input_ids")
         step = (ids if ids is not None else arguments["inputs_embeds"]).shape[1]
         batch = record.source.shape[0]
@@ -385,9 +445,11 @@ class SequencePruningAdapter:
             last = record.position_ids[..., -1:]  # [..., B, 1] position of each row's last prompt column
             steps = torch.arange(done + 1, done + 1 + step, device=last.device)
             arguments["position_ids"] = last + steps
+        elif self._position_shift is not None and self._position_shift[0] is record:
+            arguments["position_ids"] = arguments["position_ids"] - self._position_shift[1].to(arguments["position_ids"].device)
 
 
 __all__ = [
-    "PrunedImage", "SequencePruningAdapter", "compact_columns", "gather_columns",
+    "PrunedImage", "SequencePruningAdapter", "compact_columns", "compact_positions", "gather_columns",
     "capture_input", "captured_argument", "prune_part", "bind_arguments", "LABEL_IGNORE",
 ]

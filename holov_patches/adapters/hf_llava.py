@@ -10,10 +10,12 @@ layer's own q/k projections (:func:`holov_patches.signals.cls_attention_from_hid
 SDPA stays on and no attention map is materialised. The pruner gets the patch grid
 (24 x 24 for CLIP-L/336); all images of a call are pruned in one batched registry call.
 
-Sequence: image i's N placeholders shrink to its K kept vectors; each vector takes the
-ORIGINAL position id of the patch it came from (positions keep gaps; the text after the
-image keeps its position). Vectors stay in the order the pruner returns them, so the
-positions of a faithful-HoloV image are as unordered as its tokens.
+Sequence: image i's N placeholders shrink to its K kept vectors, in the order the pruner
+returns them. Positions (``PruningConfig.position_ids``, see ``adapters/base.py``): with
+'original' each vector takes the ORIGINAL position id of the patch it came from (positions
+keep gaps, the text after the image keeps its position, and a faithful-HoloV image's
+positions are as unordered as its tokens); with 'compact' (the default except for improved
+HoloV, as the authors' LLaVA code) the pruned sequence is renumbered 0..T'-1.
 """
 from __future__ import annotations
 
@@ -50,6 +52,19 @@ def selected_layer(vision_feature_layer: Any, num_layers: int) -> int:
     return layer
 
 
+def resolve_feature_settings(model_config, arguments: Dict[str, Any], required: str, why: str) -> Tuple[Any, str]:
+    """(vision_feature_layer, vision_feature_select_strategy): the call's own values, else the
+    model config's, as the model resolves them; a strategy other than ``required`` raises
+    with ``why``."""
+    layer = arguments.get("vision_feature_layer")
+    strategy = arguments.get("vision_feature_select_strategy")
+    layer = model_config.vision_feature_layer if layer is None else layer
+    strategy = model_config.vision_feature_select_strategy if strategy is None else strategy
+    if strategy != required:
+        raise ValueError(f"vision_feature_select_strategy={strategy!r}: pruning supports {required!r} only ({why})")
+    return layer, strategy
+
+
 def patch_grid(vision_config, num_tokens: int) -> Tuple[int, int]:
     side = vision_config.image_size // vision_config.patch_size
     if side * side != num_tokens:
@@ -73,14 +88,8 @@ class HFLlavaAdapter(SequencePruningAdapter):
     # -- the signal ----------------------------------------------------------
     def feature_settings(self, arguments: Dict[str, Any]) -> Tuple[Any, str]:
         """(vision_feature_layer, vision_feature_select_strategy) as the model resolves them."""
-        layer = arguments.get("vision_feature_layer")
-        strategy = arguments.get("vision_feature_select_strategy")
-        layer = self.model.config.vision_feature_layer if layer is None else layer
-        strategy = self.model.config.vision_feature_select_strategy if strategy is None else strategy
-        if strategy != "default":
-            raise ValueError(f"vision_feature_select_strategy={strategy!r}: pruning supports 'default' only "
-                             "(with 'full' the [CLS] token is a feature and has no [CLS] attention score)")
-        return layer, strategy
+        return resolve_feature_settings(self.model.config, arguments, "default",
+                                        "with 'full' the [CLS] token is a feature and has no [CLS] attention score")
 
     def signal_module(self, arguments: Dict[str, Any]) -> nn.Module:
         layers = clip_layers(self.base.vision_tower)

@@ -23,7 +23,9 @@ one token (the base-only layout's single trailing newline is always kept).
 Layout: instead of re-deriving the model's stitching, the adapter runs the model's own
 ``pack_image_features`` on a map of patch indices (one channel, newline = -1), which tells
 for every packed token which crop patch it came from and where the newlines sit.
-Positions: every kept vector keeps the ORIGINAL position id of its packed slot.
+Positions: as the ``llava`` adapter (``position_ids``): 'original' gives every kept vector
+(and kept newline) the ORIGINAL position id of its packed slot; 'compact' renumbers the
+pruned sequence 0..T'-1.
 """
 from __future__ import annotations
 

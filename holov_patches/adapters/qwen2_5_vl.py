@@ -18,11 +18,16 @@ gets the merged grid (h/2, w/2).
 Positions: the 3-D mrope position ids are computed ONCE on the unpruned sequence
 (``generate`` does it before the prefill; a plain forward uses the model's own
 ``compute_3d_position_ids`` / ``get_rope_index``) and the kept tokens keep theirs;
-nothing is recomputed on the pruned sequence. ``mm_token_type_ids`` is gathered the same
-way. Decoding steps get positions continuing from the original ones (``generate`` appends
-them; the adapter supplies them when a caller gives none), so the model's ``rope_deltas``
-(which describe the unpruned prompt) are never applied to the pruned cache through the
-patched forward. Videos are passed through unpruned.
+nothing is recomputed on the pruned sequence. ``position_ids='compact'`` is refused: the
+unpatched model numbers an image by its (t, h, w) grid, and K kept tokens of an h x w image
+form no grid, so "what the model computes for the pruned sequence" does not exist (numbering
+them 0..K-1 as text would drop the 2-D layout the model was trained on). With
+``position_ids`` None this family keeps original positions whatever the method or mode (the
+config's compact default describes the authors' LLaVA code, which has no M-RoPE).
+``mm_token_type_ids`` is gathered the same way. Decoding steps get positions continuing
+from the original ones (``generate`` appends them; the adapter supplies them when a caller
+gives none), so the model's ``rope_deltas`` (which describe the unpruned prompt) are never
+applied to the pruned cache through the patched forward. Videos are passed through unpruned.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ class Qwen2_5_VLAdapter(SequencePruningAdapter):
     """Prunes each image's merged tokens by the attention they receive in the last vision block."""
 
     family = "qwen2_5_vl"
+    family_name = "Qwen2.5-VL"
     extra_columns = (("mm_token_type_ids", 0),)
     image_inputs = ("pixel_values",)
 
@@ -66,7 +72,15 @@ class Qwen2_5_VLAdapter(SequencePruningAdapter):
         visual = getattr(getattr(model, "model", None), "visual", None)
         if visual is None or not hasattr(visual, "blocks") or not hasattr(visual.blocks[-1].attn, "qkv"):
             raise ValueError(f"{type(model).__name__} has no .model.visual.blocks[-1].attn.qkv: not a transformers "
-                             "Qwen2.5-VL model")
+                             f"{self.family_name} model")
+
+    def resolve_positions(self, config) -> str:
+        """Always 'original'; an explicit 'compact' raises (see the module docstring)."""
+        if config.position_ids == "compact":
+            raise ValueError(f"position_ids='compact' is not supported for {self.family}: M-RoPE numbers an image by its "
+                             "(t, h, w) grid and the kept tokens form no grid; use position_ids='original' or None "
+                             "(both keep each kept token's original 3-D position)")
+        return "original"
 
     def signal_module(self, arguments: Dict[str, Any]) -> nn.Module:
         return self.base.visual.blocks[-1].attn
@@ -96,7 +110,7 @@ class Qwen2_5_VLAdapter(SequencePruningAdapter):
     def prune_encoded(self, arguments: Dict[str, Any], outputs, seen: Dict[str, Any]) -> List[PrunedImage]:
         grid_thw = arguments.get("image_grid_thw")
         if grid_thw is None:
-            raise ValueError("Qwen2.5-VL needs image_grid_thw with pixel_values")
+            raise ValueError(f"{self.family_name} needs image_grid_thw with pixel_values")
         if bool((grid_thw[:, 0] != 1).any()):
             raise ValueError(f"image_grid_thw={grid_thw.tolist()}: images must have t=1 (a still image); "
                              "videos go through pixel_values_videos and are not pruned")
@@ -117,6 +131,18 @@ class Qwen2_5_VLAdapter(SequencePruningAdapter):
     def encode_images(self, arguments: Dict[str, Any]):
         """``Qwen2_5_VLModel.forward``'s own call on pixel_values."""
         return self.base.get_image_features(arguments["pixel_values"], arguments.get("image_grid_thw"), return_dict=True)
+
+    def _prefill(self, original, arguments: Dict[str, Any], encoded: Dict[str, Any]):
+        """A plain forward given both ``pixel_values`` and ``pixel_values_videos``: the images
+        arrive here pre-encoded (``mm_encoder_outputs``), and the unpatched forward refuses
+        ``pixel_values_videos`` next to ``mm_encoder_outputs``, so the videos are encoded here
+        with the model's own call (exactly what its forward does) and passed through unpruned."""
+        videos = arguments.get("pixel_values_videos")
+        if videos is not None and encoded.get("video") is None:
+            encoded = {**encoded, "video": self.base.get_video_features(videos, arguments.get("video_grid_thw"),
+                                                                        return_dict=True)}
+            arguments = {**arguments, "pixel_values_videos": None, "mm_encoder_outputs": encoded}
+        return super()._prefill(original, arguments, encoded)
 
     def original_positions(self, arguments: Dict[str, Any]) -> torch.Tensor:
         """The 3-D positions the unpatched model computes for the UNPRUNED sequence."""

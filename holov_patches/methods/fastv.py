@@ -4,15 +4,22 @@ most, partway through the LLM.
 Paper: "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference Acceleration
 for Large Vision-Language Models" (Chen et al., ECCV 2024, arXiv 2403.06764). FastV runs
 the first K LLM layers on all tokens, then ranks the image tokens by the attention the
-last token of the sequence pays them (averaged over heads) and drops the lowest-ranked
-fraction R for all later layers.
+last token of the sequence pays them (averaged over heads; in a padded batch, each row's
+last real token) and drops the lowest-ranked fraction R for all later layers.
 
 Defaults, as in the paper's main setting "K=2, R=50%":
 - ``DEFAULT_LAYER = 2``: the ranking uses the attention of layer K - 1 (0-based: the
   second decoder layer), and layers K, K + 1, ... see only the kept image tokens.
 - ``DEFAULT_RATIO = 0.5``: R, the fraction of image tokens dropped; keep =
-  round(N_vis * (1 - R)) (288 of 576), which is what ``PruningConfig.resolve_keep`` gives
-  for ``ratio=R``.
+  round(N_vis * (1 - R)) (288 of 576). Declared to the registry (``default_ratio``), so a
+  config that gives neither keep nor ratio (a bare ``method=fastv``) prunes R = 50%.
+
+Facts from the authors' code (github.com/pkunlp-icler/FastV): at layer K their decoder
+loop averages layer K-1's attention weights over heads, takes the row of the sequence's last
+position over the image span and keeps its top ATTENTION_RANK tokens, sorted
+(src/transformers/src/transformers/models/llama/modeling_llama.py, lines 736-749); their
+scripts run K=2 with ATTENTION_RANK 72/144/288/432 = (1 - R) * 576
+(src/FastV/inference/eval/eval_ocrvqa_fastv_token_mask.sh).
 
 This module holds only the pure selection (registered with ``stage="llm"``):
 ``select(last_token_attn [B, N_vis], keep) -> kept positions [B, K]``, sorted so the kept
@@ -35,7 +42,7 @@ DEFAULT_LAYER = 2
 DEFAULT_RATIO = 0.5
 
 
-@register_pruner("fastv", stage="llm")
+@register_pruner("fastv", stage="llm", default_ratio=DEFAULT_RATIO)
 def select(last_token_attn: torch.Tensor, keep: int) -> torch.Tensor:
     """Positions [B, K] (sorted) of the K image tokens with the largest last-token attention (FastV, arXiv 2403.06764)."""
     if not isinstance(last_token_attn, torch.Tensor) or last_token_attn.dim() != 2:

@@ -24,11 +24,11 @@ from holov_patches.registry import register_pruner
 _MAX_SEED = 2**63 - 1
 
 
-@register_pruner("random")
-def prune(tokens: torch.Tensor, cls_attn: torch.Tensor, keep: int, *, grid: Optional[Sequence[int]] = None,
+@register_pruner("random", needs=())
+def prune(tokens: torch.Tensor, cls_attn: Optional[torch.Tensor], keep: int, *, grid: Optional[Sequence[int]] = None,
           seed: int = 0):
     """Uniform random K visual tokens per image (seeded, local generator), kept in raster order."""
-    keep = check_pruner_inputs(tokens, cls_attn, keep, grid)
+    keep = check_pruner_inputs(tokens, cls_attn, keep, grid, needs_attention=False)
     if not is_int(seed) or not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63 - 1]")
     batch, num, _ = tokens.shape

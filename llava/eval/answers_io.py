@@ -22,6 +22,7 @@ to them would mix two runs in one file without a trace.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -95,7 +96,7 @@ class AnswerWriter:
     later with :meth:`expect`. Use as a context manager; ``done(key)`` tells whether to skip
     a question, ``write(record)`` appends it.
 
-    One run at a time: the writer holds an exclusive lock (``fcntl.flock`` on
+    One run at a time: the writer holds an exclusive lock (a POSIX ``fcntl.lockf`` lock on
     ``<path>.lock``, which holds the PID of the run) from construction to ``close``. A
     second writer on the same file raises ``ValueError`` naming the holder's PID, or with
     ``wait=True`` waits until the first one is done."""
@@ -231,10 +232,12 @@ def check_answers_path(path: str) -> None:
 
 # ---------------------------------------------------------------- one run per answers file
 class AnswersLock:
-    """Exclusive ``flock`` on ``<answers>.lock`` for the life of a run; the file holds the
+    """Exclusive lock on ``<answers>.lock`` for the life of a run; the file holds the
     holder's PID and is removed on release. The lock dies with the process (a killed run
-    leaves no stale lock), and forked children (DataLoader workers) drop their copy, so
-    the lock is never kept alive by a child that outlives the run."""
+    leaves no stale lock), and forked children (DataLoader workers) never hold it (POSIX
+    record locks are not inherited), so a child that outlives the run cannot keep it. The
+    one POSIX caveat, that closing ANY descriptor of the file drops the lock, is why this
+    process never opens the lock file twice (``_HELD``)."""
 
     def __init__(self, answers_path: str, wait: bool = False):
         self.answers_path = answers_path
@@ -246,7 +249,7 @@ class AnswersLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                if not _try_flock(fd):
+                if not _try_lock(fd):
                     holder = _holder(fd)
                     if not wait:
                         raise ValueError(
@@ -255,7 +258,7 @@ class AnswersLock:
                             "finish or stop it, or pass --wait-for-lock to wait for it")
                     print(f"[answers] {answers_path} is being written by PID {holder}; waiting for it to finish",
                           file=sys.stderr, flush=True)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    fcntl.lockf(fd, fcntl.LOCK_EX)
                 try:
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
@@ -283,19 +286,24 @@ class AnswersLock:
         except FileNotFoundError:
             pass
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
 _HELD: Dict[str, int] = {}  # lock file -> fd, the locks this process holds
 
 
-def _try_flock(fd: int) -> bool:
+def _try_lock(fd: int) -> bool:
+    # A POSIX record lock (lockf), not flock: it belongs to this process and is never
+    # inherited by a fork, so a DataLoader worker forked a moment before the run is killed
+    # cannot keep the file locked, however late it runs its at-fork handler.
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except BlockingIOError:
-        return False
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
 
 
 def _holder(fd: int) -> str:

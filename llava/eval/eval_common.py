@@ -6,6 +6,9 @@ the original scripts and converters keep working; on top of them come the prunin
 :mod:`holov_patches.cli_args`, ``--device`` and a resumable answers file
 (:mod:`llava.eval.answers_io`). The effective pruning setting goes into every answer's
 ``metadata`` so a results file says how it was made.
+
+Importing this module imports no torch (the model code loads in :meth:`EvalModel.load`), so
+an entry point's ``--help`` and a mistyped flag answer at once.
 """
 from __future__ import annotations
 
@@ -15,22 +18,19 @@ import math
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
 
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX, MC_PROMPT, MC_PROMPT_CN  # noqa: F401  (the mc scripts import them from here)
 from llava.conversation import build_prompt, get_conv_template
 from llava.eval.answers_io import model_fingerprint
 from llava.eval.scoring.scoring_io import parse_jsonl
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
-from llava.utils import LlavaArgumentParser, default_device, pick_device
+from llava.utils import LlavaArgumentParser, add_device_arg, pick_device, quiet_known_warnings
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 T = TypeVar("T")
-MC_PROMPT = "Answer with the option's letter from the given choices directly."
-MC_PROMPT_CN = "请直接回答选项字母。"
 # Fixed namespace: the answer id is a function of the answer, so a resumed run writes the
 # very file an uninterrupted run would (LLaVA draws a random shortuuid instead).
 _ANSWER_NS = uuid.UUID("6b1e3c2a-5d4f-4f8e-9a51-0c7d2b9e8f10")
@@ -59,8 +59,10 @@ def get_chunk(lst: Sequence[T], n: int, k: int) -> Sequence[T]:
 
 # ---------------------------------------------------------------- flags
 def build_parser(description: str, *, max_new_tokens: int, image_folder_required: bool = True,
-                 single_pred_prompt: bool = False) -> argparse.ArgumentParser:
-    """LLaVA's eval flags plus pruning and ``--device``; entry points add their own extras."""
+                 single_pred_prompt: bool = False, probe_device: bool = True) -> argparse.ArgumentParser:
+    """LLaVA's eval flags plus pruning and ``--device``; entry points add their own extras.
+    ``probe_device=False`` (what the entry points' ``main`` uses) leaves ``--device`` None
+    until after parsing instead of importing torch to ask for a GPU."""
     p = LlavaArgumentParser(description=description)
     p.add_argument("--model-path", type=str, required=True)
     p.add_argument("--model-base", type=str, default=None)
@@ -78,7 +80,7 @@ def build_parser(description: str, *, max_new_tokens: int, image_folder_required
     if single_pred_prompt:
         p.add_argument("--single-pred-prompt", action="store_true",
                        help=f"append {MC_PROMPT!r} to every question")
-    p.add_argument("--device", type=str, default=default_device())
+    add_device_arg(p, probe=probe_device)
     # Stop after this many new answers: lets tests stand in for a killed run.
     p.add_argument("--max-questions", type=int, default=None, help=argparse.SUPPRESS)
     add_pruning_args(p)
@@ -104,6 +106,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-questions {args.max_questions} must be >= 0")
     from llava.eval.answers_io import check_answers_path
 
+    pruning_config_from_args(args)  # the pruning flags as a whole (a method name needs the registry)
     check_answers_path(args.answers_file)
     question_file = os.path.expanduser(args.question_file)
     if not os.path.isfile(question_file):
@@ -128,6 +131,10 @@ class EvalModel:
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> "EvalModel":
+        quiet_known_warnings()
+        from llava.mm_utils import get_model_name_from_path
+        from llava.model.builder import load_pretrained_model
+
         model_path = os.path.expanduser(args.model_path)
         model_base = os.path.expanduser(args.model_base) if args.model_base else None
         model_name = get_model_name_from_path(model_path)
@@ -165,14 +172,23 @@ class EvalModel:
                             mm_use_im_start_end=getattr(self.model.config, "mm_use_im_start_end", False))
 
     def input_ids(self, prompt: str) -> torch.Tensor:
+        from llava.mm_utils import tokenizer_image_token
+
         return tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
 
     def image_tensor(self, images: Sequence[Any]):
         """Preprocessed pixels of ``images`` (a tensor, or a list for anyres crops of different counts)."""
+        from llava.mm_utils import process_images
+
         return process_images(images, self.image_processor, self.model.config)
 
-    def generate(self, input_ids: torch.Tensor, image_tensor=None, image_sizes=None) -> str:
-        """Answer text for one prompt ([L] or [1, L] ids); LLaVA's decoding settings."""
+    def generate(self, input_ids: torch.Tensor, image_tensor=None, image_sizes=None,
+                 pruning_text: Optional[str] = None) -> str:
+        """Answer text for one prompt ([L] or [1, L] ids); LLaVA's decoding settings.
+        ``pruning_text``: the instruction a text-conditioned pruner (CDPruner) scores the visual
+        tokens against (see ``llava.eval.pruning_text``); the other methods ignore it."""
+        import torch
+
         model = self.model
         if input_ids.dim() == 1:
             input_ids = input_ids[None]  # [L] -> [1, L]
@@ -186,6 +202,8 @@ class EvalModel:
             image_tensor = image_tensor.to(model.device, dtype=model.dtype) if isinstance(image_tensor, torch.Tensor) \
                 else [t.to(model.device, dtype=model.dtype) for t in image_tensor]
             kwargs.update(images=image_tensor, image_sizes=image_sizes)
+            if pruning_text is not None:
+                kwargs["pruning_text"] = pruning_text
         with torch.inference_mode():
             output_ids = model.generate(input_ids.to(model.device), **kwargs)
         return self.tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()

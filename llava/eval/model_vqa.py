@@ -16,7 +16,6 @@ from tqdm import tqdm
 from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_prompt_key
 from llava.eval.eval_common import (EvalModel, build_parser, check_args, check_image_files, check_unique, get_chunk, limit,
                                     read_jsonl, require_keys)
-from llava.mm_utils import load_image
 from llava.utils import die_with_parent, exit_code_of
 
 
@@ -31,13 +30,14 @@ def eval_model(args) -> str:
     # the answers file is locked before the model loads: a second run refuses at once
     with AnswerWriter(args.answers_file, question_prompt_key, wait=args.wait_for_lock) as writer:
         em = EvalModel.load(args)
+        from llava.mm_utils import load_image  # after the model code: not needed for --help
         writer.expect(em.settings)
         todo = writer.pending(questions, lambda q: (str(q["question_id"]), q["text"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
             if "image" in line:
                 image = load_image(os.path.join(args.image_folder, line["image"]))
                 input_ids = em.input_ids(em.prompt(line["text"], with_image=True))
-                text = em.generate(input_ids, em.image_tensor([image]), [image.size])
+                text = em.generate(input_ids, em.image_tensor([image]), [image.size], pruning_text=line["text"])
             else:
                 text = em.generate(em.input_ids(em.prompt(line["text"], with_image=False)))
             writer.write(em.record(line["question_id"], line["text"], text))
@@ -46,7 +46,7 @@ def eval_model(args) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     die_with_parent()
-    args = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024)).parse_args(argv)
+    args = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, probe_device=False)).parse_args(argv)
     return exit_code_of(eval_model, args)
 
 

@@ -16,7 +16,6 @@ answered.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -25,7 +24,6 @@ from tqdm import tqdm
 from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_round_key
 from llava.eval.eval_common import (MC_PROMPT, MC_PROMPT_CN, EvalModel, build_parser, check_args, get_chunk, limit,
                                     read_text, require_keys)
-from llava.mm_utils import load_image_from_base64
 from llava.utils import die_with_parent, exit_code_of
 
 ALL_OPTIONS = ("A", "B", "C", "D")
@@ -110,6 +108,7 @@ def eval_model(args) -> str:
     # the answers file is locked before the model loads: a second run refuses at once
     with AnswerWriter(args.answers_file, question_round_key, wait=args.wait_for_lock) as writer:
         em = EvalModel.load(args)
+        from llava.mm_utils import load_image_from_base64  # after the model code: not needed for --help
         writer.expect(em.settings)
         every = [(row, r) for row in rows for r in range(len(get_options(row)) if args.all_rounds else 1)]
         jobs = writer.pending(every, lambda job: (str(job[0]["index"]), job[1]))  # (row, round) pairs still to answer
@@ -122,7 +121,8 @@ def eval_model(args) -> str:
             shown = round_question(row, options)
             image = load_image_from_base64(row["image"])
             input_ids = em.input_ids(em.prompt(shown + suffix, with_image=True))
-            text = em.generate(input_ids, em.image_tensor([image]), [image.size])
+            # the pruning text is the question without the answer-format sentence, as the CDPruner authors'
+            text = em.generate(input_ids, em.image_tensor([image]), [image.size], pruning_text=shown)
             writer.write(em.record(row["index"], shown, text, round_id=round_idx, options=options,
                                    option_char=chars))
     return args.answers_file
@@ -131,7 +131,7 @@ def eval_model(args) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     die_with_parent()
     parser = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024, image_folder_required=False,
-                                       single_pred_prompt=True))
+                                       single_pred_prompt=True, probe_device=False))
     parser.add_argument("--lang", type=str, default="en", choices=("en", "cn"),
                         help="language of the --single-pred-prompt instruction")
     parser.add_argument("--all-rounds", action="store_true",

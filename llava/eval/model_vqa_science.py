@@ -25,7 +25,6 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.answers_io import AnswerWriter, add_lock_arg, question_key
 from llava.eval.eval_common import (MC_PROMPT, EvalModel, build_parser, check_args, check_image_files, get_chunk, limit,
                                     read_text, require_keys)
-from llava.mm_utils import load_image
 from llava.utils import die_with_parent, exit_code_of
 
 
@@ -64,18 +63,19 @@ def eval_model(args) -> str:
     # the answers file is locked before the model loads: a second run refuses at once
     with AnswerWriter(args.answers_file, question_key, wait=args.wait_for_lock) as writer:
         em = EvalModel.load(args)
+        from llava.mm_utils import load_image  # after the model code: not needed for --help
         writer.expect(em.settings)
         todo = writer.pending(questions, lambda q: str(q["id"]))
         for line in tqdm(list(limit(todo, args.max_questions)), desc="questions"):
             qs = question_text(line, args.question_file)
-            shown = qs
+            shown = asked = qs  # asked: the pruning text, without the answer-format sentence (the CDPruner authors')
             if args.single_pred_prompt:
                 qs = qs + "\n" + MC_PROMPT
                 shown = shown + "\n" + MC_PROMPT
             if "image" in line:
                 image = load_image(os.path.join(args.image_folder, line["image"]))
                 input_ids = em.input_ids(em.prompt(qs, with_image=True))
-                text = em.generate(input_ids, em.image_tensor([image]), [image.size])
+                text = em.generate(input_ids, em.image_tensor([image]), [image.size], pruning_text=asked)
                 shown = DEFAULT_IMAGE_TOKEN + "\n" + shown
             else:
                 text = em.generate(em.input_ids(em.prompt(qs, with_image=False)))
@@ -86,7 +86,7 @@ def eval_model(args) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     die_with_parent()
     args = add_lock_arg(build_parser(__doc__.split("\n\n")[0], max_new_tokens=1024,
-                                     single_pred_prompt=True)).parse_args(argv)
+                                     single_pred_prompt=True, probe_device=False)).parse_args(argv)
     return exit_code_of(eval_model, args)
 
 

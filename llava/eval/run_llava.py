@@ -7,20 +7,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt, infer_conv_mode
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
-from llava.utils import LlavaArgumentParser, default_device, exit_code_of, pick_device
+from llava.utils import LlavaArgumentParser, add_device_arg, exit_code_of, pick_device, quiet_known_warnings
 
 
 def eval_model(args: argparse.Namespace) -> str:
+    # torch and the model code are imported here, after the flags are parsed: --help and a
+    # mistyped flag answer without them
+    quiet_known_warnings()
+    pruning = pruning_config_from_args(args)  # bad pruning flags fail before the model loads
+    import torch
+
+    from llava.conversation import question_text
+    from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, device=pick_device(args.device), pruning=pruning_config_from_args(args))
+        args.model_path, args.model_base, model_name, device=pick_device(args.device), pruning=pruning)
     conv_mode = args.conv_mode or infer_conv_mode(model_name)
     prompt = build_prompt(args.query, conv_mode, mm_use_im_start_end=getattr(model.config, "mm_use_im_start_end", False),
                           keep_placed_tags=True)
@@ -31,7 +37,7 @@ def eval_model(args: argparse.Namespace) -> str:
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(model.device)
     gen = dict(images=image_tensor, image_sizes=[img.size for img in images], do_sample=args.temperature > 0,
                num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True,
-               pad_token_id=tokenizer.pad_token_id)
+               pad_token_id=tokenizer.pad_token_id, pruning_text=question_text(args.query))
     if args.temperature > 0:
         gen.update(temperature=args.temperature, top_p=args.top_p)
     output_ids = model.generate(input_ids, **gen)
@@ -40,7 +46,9 @@ def eval_model(args: argparse.Namespace) -> str:
     return answer
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, probe_device: bool = True) -> argparse.ArgumentParser:
+    """``probe_device=False`` (what :func:`main` uses) leaves ``--device`` None until after
+    parsing instead of importing torch to ask for a GPU."""
     p = LlavaArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", type=str, default="facebook/opt-350m")
     p.add_argument("--model-base", type=str, default=None)
@@ -52,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--device", type=str, default=default_device())
+    add_device_arg(p, probe=probe_device)
     return add_pruning_args(p)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(probe_device=False).parse_args(argv)
     return exit_code_of(eval_model, args)
 
 

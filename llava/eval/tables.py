@@ -15,7 +15,8 @@ averaged against the published unpruned row the same way.
         [--published] [--published-file F.csv]
 
 writes ``PREFIX.md``, ``PREFIX.csv`` and ``PREFIX.png`` (score vs K, one panel per benchmark)
-and prints the Markdown.
+and prints the Markdown. ``python -m llava.eval.tables --published`` (no results directory)
+prints the published table alone, and writes the three files only when ``--out`` is given.
 """
 from __future__ import annotations
 
@@ -290,38 +291,58 @@ def build_tables(results_dir: str, out_prefix: str, published_file: Optional[str
     ours = with_averages(load_results(results_dir))
     if not ours:
         raise ValueError(f"no scored runs under {results_dir!r}: expected <label>_k<K>/<bench>/result.json")
-    published = with_averages(load_published(published_file)) if published_file else []
+    published, published_md = published_table(published_file) if published_file else ([], "")
     columns = columns_of(ours)
     model = os.path.basename(os.path.normpath(results_dir))
     md = to_markdown(ours, columns, f"{model}: ours ({results_dir})")
     if published:
-        md += "\n" + to_markdown(published, columns_of(published),
-                                 f"Published, LLaVA-1.5-7B ({os.path.basename(published_file)})")
+        md += "\n" + published_md
+    write_outputs(out_prefix, md, ours, columns, published)
+    return md
+
+
+def published_table(published_file: str = PUBLISHED_FILE) -> Tuple[List[Row], str]:
+    """The published rows with their averages, and their Markdown table."""
+    published = with_averages(load_published(published_file))
+    md = to_markdown(published, columns_of(published), f"Published, LLaVA-1.5-7B ({os.path.basename(published_file)})")
+    return published, md
+
+
+def write_outputs(out_prefix: str, md: str, ours: Sequence[Row], columns: Sequence[str], published: Sequence[Row]) -> None:
     parent = os.path.dirname(os.path.abspath(out_prefix))
     os.makedirs(parent, exist_ok=True)
     with open(out_prefix + ".md", "w", encoding="utf-8") as f:
         f.write(md)
     write_csv(out_prefix + ".csv", list(ours) + list(published), columns_of(ours, published))
     plot(out_prefix + ".png", ours, columns, published)
-    return md
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results_dir", help="results/<model name>: holds <label>_k<K>/<bench>/result.json")
+    p.add_argument("results_dir", nargs="?", default=None,
+                   help="results/<model name>: holds <label>_k<K>/<bench>/result.json "
+                        "(leave out with --published to print the published rows alone)")
     p.add_argument("--out", default=None, help="output prefix (default RESULTS_DIR/table): writes .md, .csv, .png")
     p.add_argument("--published", action="store_true", help="add the published LLaVA-1.5-7B rows beside ours")
     p.add_argument("--published-file", default=None, help=f"CSV of published rows (default {PUBLISHED_FILE}); implies --published")
     args = p.parse_args(argv)
     published_file = args.published_file or (PUBLISHED_FILE if args.published else None)
-    out = args.out or os.path.join(args.results_dir, "table")
+    out = args.out or (os.path.join(args.results_dir, "table") if args.results_dir else None)
     try:
-        md = build_tables(args.results_dir, out, published_file)
-    except ValueError as err:
+        if args.results_dir is None:
+            if published_file is None:
+                raise ValueError("give a results directory, or --published to print the published rows alone")
+            published, md = published_table(published_file)
+            if out:
+                write_outputs(out, md, [], columns_of(published), published)
+        else:
+            md = build_tables(args.results_dir, out, published_file)
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(md)
-    print(f"[tables] wrote {out}.md, {out}.csv, {out}.png")
+    if out:
+        print(f"[tables] wrote {out}.md, {out}.csv, {out}.png")
     return 0
 
 

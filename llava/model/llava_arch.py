@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from holov_patches import PruningConfig, prune_visual_tokens
+from holov_patches import PruningConfig, list_pruners, prune_visual_tokens
+from holov_patches.api import pre_llm_entry
+from holov_patches.registry import get_entry
 from holov_patches.record import PruningRecord
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
-from llava.model.fastv import FastVHooks
+from llava.model.llm_pruning import LLMPruningHooks
 from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_encoder.clip_encoder import CLIP_SPACE_INPUTS, TOWER_INPUTS
 from llava.model.multimodal_projector.builder import build_vision_projector
 
 @dataclass
@@ -48,13 +51,44 @@ def _span_with_newlines(num_tokens: int, newline_rows) -> int:
 
 def _offsets_in_span(index: torch.Tensor, newline_rows, span: int) -> torch.Tensor:
     """Position in the unpruned span of each kept token (index into the newline-free token
-    list); a zero pad (index -1) takes the span's last position."""
+    list); a row without a single source (a zero pad, index -1, or a merged / [CLS] row,
+    index -2) takes the span's last position."""
     offsets = index.clone()
     if newline_rows is not None and newline_rows[1] > 0:
         n_base, _, width = newline_rows
         hi = index - n_base
         offsets = torch.where(index >= n_base, n_base + (hi // width) * (width + 1) + hi % width, index)
     return torch.where(index >= 0, offsets, torch.full_like(offsets, span - 1))
+
+
+# What this path computes for a method: the tower's signals and, loaded on first use from the
+# tower's own CLIP checkpoint, CLIP's image / text embeddings (the latter of ``pruning_text``).
+LLAVA_INPUTS = TOWER_INPUTS + CLIP_SPACE_INPUTS
+
+
+def llava_methods() -> List[str]:
+    """The pre-LLM methods this path runs: those whose declared inputs it computes."""
+    return [n for n in list_pruners(stage="pre_llm") if set(get_entry(n).needs) <= set(LLAVA_INPUTS)]
+
+
+def instruction_texts(pruning_text, count: int, method: str) -> List[str]:
+    """``pruning_text`` (one str for every image, or a list of one str per image) -> ``count`` texts.
+
+    ``pruning_text`` is the instruction a text-conditioned method (CDPruner) scores the
+    patches against: the question, without the answer-format sentence (our entry points set it,
+    see ``llava.eval.pruning_text``)."""
+    if pruning_text is None:
+        raise ValueError(f"method {method!r} needs the instruction text: pass pruning_text='...' (the question, one str "
+                         "or one per image) to generate / forward / prepare_inputs_labels_for_multimodal")
+    texts = [pruning_text] * count if isinstance(pruning_text, str) else list(pruning_text)
+    if len(texts) != count or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"pruning_text must be one str or a list of {count} str (one per image), got {pruning_text!r:.120}")
+    return texts
+
+
+def _batch_of_one(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[N] -> [1, N]; None (a method that reads no attention) stays None."""
+    return None if x is None else x[None]
 
 
 def check_prompt_length(lengths: Sequence[int], max_len: int) -> None:
@@ -141,7 +175,7 @@ class LlavaMetaForCausalLM(ABC):
     # explicit > HOLOV_PRUNING > the checkpoint's saved ``holov`` block > off), and set here;
     # every forward reads ``self.pruning`` once and passes it down as an argument.
     pruning: Optional[PruningConfig] = None
-    fastv_hooks: Optional[FastVHooks] = None  # in-LLM methods live as hooks on this instance's decoder layers
+    fastv_hooks: Optional[LLMPruningHooks] = None  # in-LLM methods live as hooks on this instance's decoder layers
     last_pruning: Optional[PruningRecord] = None  # what the last pruned forward kept (for pictures and tests)
 
     def set_pruning(self, config: Optional[PruningConfig]) -> None:
@@ -158,7 +192,7 @@ class LlavaMetaForCausalLM(ABC):
             self.fastv_hooks.remove()
             self.fastv_hooks = None
         if config is not None and config.stage == "llm":
-            self.fastv_hooks = FastVHooks(self.get_model(), config)
+            self.fastv_hooks = LLMPruningHooks(self.get_model(), config)
         self.pruning = config
 
     def get_pruning(self) -> Optional[PruningConfig]:
@@ -179,26 +213,92 @@ class LlavaMetaForCausalLM(ABC):
                keep: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the registry's pruner on [M, N, D] features of M images sharing one layout
         (``keep``: a part's share of a multi-part image's budget)."""
-        return prune_visual_tokens(feats, attn.to(feats.device), cfg, grid=grid, keep=keep)
+        return prune_visual_tokens(feats, attn.to(feats.device) if attn is not None else None, cfg, grid=grid, keep=keep)
+
+    def pruner_inputs(self, images: torch.Tensor, cfg: PruningConfig,
+                      pruning_text=None) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """What ``cfg``'s method declares, computed for single-tile images [B, 3, S, S] and
+        nothing more: (tokens at its stage [B, N, *], the [CLS] row [B, N] or None, the other
+        declared inputs by name). Tower-stage tokens are the selected layer's patches.
+
+        ``image_embeds`` [B, N, E] are the selected layer's patches through CLIP's
+        post-layernorm and visual projection; ``text_embeds`` [B, M, E] embed ``pruning_text``
+        (see :func:`instruction_texts`) in 77-token segments. When the images' texts have
+        different segment counts M, ``text_embeds`` is a list of [M_i, E] (one per image)."""
+        entry = pre_llm_entry(cfg)
+        missing = [n for n in entry.needs if n not in LLAVA_INPUTS]
+        if missing:
+            raise ValueError(f"method {cfg.method!r} needs {missing}, which our LLaVA path does not compute yet "
+                             f"(it computes {list(LLAVA_INPUTS)}); use one of: {', '.join(llava_methods())}")
+        tower = self.get_model().get_vision_tower()
+        clip_space = [n for n in entry.needs if n in CLIP_SPACE_INPUTS]
+        texts = instruction_texts(pruning_text, images.shape[0], cfg.method) if "text_embeds" in clip_space else None
+        if entry.stage == "tower":
+            inputs = tower.tower_inputs(images, [n for n in entry.needs if n in TOWER_INPUTS], cfg.attention_dtype)
+            tokens = features = inputs.pop("tokens")
+        elif not clip_space:
+            want_attn = "cls_attn" in entry.needs
+            out = self.encode_images(images, with_cls_attn=want_attn, attention_dtype=cfg.attention_dtype)
+            return (out[0], out[1], {}) if want_attn else (out, None, {})
+        else:
+            # As encode_images, keeping the tower's features for CLIP's visual projection.
+            want_attn = "cls_attn" in entry.needs
+            out = tower(images.to(device=tower.device, dtype=tower.dtype), with_cls_attn=want_attn,
+                        attention_dtype=cfg.attention_dtype)
+            features, cls_attn = out if want_attn else (out, None)
+            inputs = {"cls_attn": cls_attn} if want_attn else {}
+            tokens = self.get_model().mm_projector(features)
+        if "image_embeds" in clip_space:
+            inputs["image_embeds"] = tower.image_embeds(features).to(tokens.device)
+        if texts is not None:
+            embeds = [t.to(tokens.device) for t in tower.text_embeds(texts)]
+            same = len({t.shape[0] for t in embeds}) == 1
+            inputs["text_embeds"] = torch.stack(embeds) if same else embeds
+        return tokens, inputs.pop("cls_attn", None), inputs
+
+    def prune_images(self, images: torch.Tensor, cfg: PruningConfig, grid,
+                     pruning_text=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Single-tile images -> (the projected rows the LLM receives [B, K, D], kept_index [B, K]):
+        a tower-stage method's kept rows go through the projector after pruning.
+        ``pruning_text``: the instruction(s), for methods that need ``text_embeds``."""
+        tokens, cls_attn, inputs = self.pruner_inputs(images, cfg, pruning_text)
+        if isinstance(inputs.get("text_embeds"), list):  # texts of different segment counts: image by image
+            parts = [prune_visual_tokens(tokens[i:i + 1], None if cls_attn is None else cls_attn[i:i + 1], cfg, grid=grid,
+                                         **{k: (v[i][None] if k == "text_embeds" else v[i:i + 1]) for k, v in inputs.items()})
+                     for i in range(tokens.shape[0])]
+            kept, index = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        else:
+            kept, index = prune_visual_tokens(tokens, cls_attn, cfg, grid=grid, **inputs)
+        if pre_llm_entry(cfg).stage == "tower":
+            kept = self.get_model().mm_projector(kept.to(self.get_model().get_vision_tower().dtype))
+        return kept, index
 
     def _image_features(self, images, image_sizes, cfg: Optional[PruningConfig],
-                        record: Optional[PruningRecord]) -> List[ImageTokens]:
+                        record: Optional[PruningRecord], pruning_text=None) -> List[ImageTokens]:
         """Per image: its visual tokens (pruned by the pre-LLM setting ``cfg``, None = off)
         and where each one sat in the image's unpruned span; each image is added to ``record``."""
         tower = self.get_vision_tower()
         side = tower.num_patches_per_side
-        want_attn = cfg is not None
+        entry = pre_llm_entry(cfg) if cfg is not None else None
+        want_attn = entry is not None and "cls_attn" in entry.needs  # computed only for methods that use it
         dtype = cfg.attention_dtype if cfg is not None else "model"
+        single_tile = not (isinstance(images, list) or images.ndim == 5)
+        if entry is not None and entry.stage == "tower" and not single_tile:
+            raise ValueError(f"method {cfg.method!r} prunes inside the vision tower, which our LLaVA path supports for "
+                             "single-tile images (LLaVA-1.5) only; for anyres / image lists use a projector-stage "
+                             f"method ({', '.join(n for n in llava_methods() if get_entry(n).stage == 'projector')})")
+        if entry is not None and not single_tile and set(entry.needs) & set(CLIP_SPACE_INPUTS):
+            raise ValueError(f"method {cfg.method!r} needs CLIP's image / text embeddings, which our LLaVA path computes "
+                             "for single-tile images (LLaVA-1.5) only, not for anyres / image lists")
 
-        if not (isinstance(images, list) or images.ndim == 5):
-            out = self.encode_images(images, with_cls_attn=want_attn, attention_dtype=dtype)
+        if single_tile:
             if cfg is None:
-                return [ImageTokens.whole(feat) for feat in out]
-            feats, attn = out
-            kept, index = self._prune(feats, attn, cfg, (side, side))
-            results = [ImageTokens.kept(k, i, feats.shape[1]) for k, i in zip(kept, index)]
+                return [ImageTokens.whole(feat) for feat in self.encode_images(images)]
+            kept, index = self.prune_images(images, cfg, (side, side), pruning_text)
+            num = side * side
+            results = [ImageTokens.kept(k, i, num) for k, i in zip(kept, index)]
             for i, image in zip(index, results):
-                record.add_image(i, feats.shape[1], (side, side), image.offsets, image.span)
+                record.add_image(i, num, (side, side), image.offsets, image.span)
             return results
 
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
@@ -231,7 +331,7 @@ class LlavaMetaForCausalLM(ABC):
             else:
                 # Faithful HoloV prunes base + high-res tokens as one raster and drops the
                 # newlines, as the authors' LLaVA-NeXT code does.
-                kept, index = self._prune(tokens[None], token_attn[None], cfg, grid)
+                kept, index = self._prune(tokens[None], _batch_of_one(token_attn), cfg, grid)
                 kept_tokens, index = kept[0], index[0]
                 offsets = _offsets_in_span(index, newline_rows, span)
             parts = [(side, side), newline_rows[1:]] if newline_rows is not None and newline_rows[1] > 0 else None
@@ -272,8 +372,9 @@ class LlavaMetaForCausalLM(ABC):
         n_base, height, width = layout
         side = int(round(n_base ** 0.5))
         keep_base, keep_hi = cfg.split_budget([n_base, tokens.shape[0] - n_base])
-        kb, ib = self._prune(tokens[None, :n_base], token_attn[None, :n_base], cfg, (side, side), keep_base)
-        kh, ih = self._prune(tokens[None, n_base:], token_attn[None, n_base:], cfg, (height, width), keep_hi)
+        attn = _batch_of_one(token_attn)
+        kb, ib = self._prune(tokens[None, :n_base], attn[:, :n_base] if attn is not None else None, cfg, (side, side), keep_base)
+        kh, ih = self._prune(tokens[None, n_base:], attn[:, n_base:] if attn is not None else None, cfg, (height, width), keep_hi)
         order = ih[0].argsort()  # raster order of the kept high-res tokens
         hi_index, hi_tokens = ih[0][order], kh[0][order]
         row = hi_index // width
@@ -304,16 +405,19 @@ class LlavaMetaForCausalLM(ABC):
 
     # ------------------------------------------------------------ splice
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
-                                             images, image_sizes=None, padding_side: Optional[str] = None):
+                                             images, image_sizes=None, padding_side: Optional[str] = None,
+                                             pruning_text=None):
+        """``pruning_text``: the instruction (one str, or one per image) that a text-conditioned
+        method (CDPruner) scores the patches against; ignored by the other methods."""
         vision_tower = self.get_vision_tower()
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
         cfg = self.pruning  # read once: this forward's setting, passed down from here
-        pre_llm = cfg if cfg is not None and cfg.stage == "pre_llm" else None  # FastV acts inside the LLM
+        pre_llm = cfg if cfg is not None and cfg.stage != "llm" else None  # FastV and DART act inside the LLM
         record = PruningRecord() if pre_llm is not None else None
         self.last_pruning = record
-        image_features = self._image_features(images, image_sizes, pre_llm, record)
+        image_features = self._image_features(images, image_sizes, pre_llm, record, pruning_text)
         given_labels, given_positions, given_mask = labels, position_ids, attention_mask
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if labels is None:

@@ -6,9 +6,14 @@ OUT_DIR gets what a ``liuhaotian/llava-v1.5-7b``-style checkpoint has: ``config.
 (``architectures: [LlavaLlamaForCausalLM]``, ``model_type: llava``, ``mm_vision_tower``,
 ``mm_projector_type: mlp2x_gelu``, ``mm_vision_select_layer: -2``,
 ``image_aspect_ratio: pad``), the LLaMA + projector weights, a SentencePiece LLaMA
-tokenizer trained offline, and a tiny CLIP-336/14 tower (576 patches) with its
+tokenizer trained offline, and a tiny CLIP-336/14 (576 patches) with its
 ``preprocessor_config.json`` in a folder that ``mm_vision_tower`` names relative to the
-checkpoint. The files are also loadable by the original LLaVA code at transformers 4.37
+checkpoint. With ``text_tower=True`` (``--text-tower``) that folder is, like
+``openai/clip-vit-large-patch14-336``, a whole ``CLIPModel`` (vision and text towers, both
+projections, a CLIP BPE tokenizer built offline from a tiny vocabulary):
+``CLIPVisionModel.from_pretrained`` still reads the same vision weights, and CDPruner finds
+the text side. Without it the folder holds the vision tower only (transformers then loads it
+without a report of unused text weights). The files are also loadable by the original LLaVA code at transformers 4.37
 (see ``llava.model.checkpoint_compat``). Nothing is downloaded; it takes about a second. The
 model answers gibberish.
 """
@@ -66,16 +71,77 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512, extra_text: Iterable[st
         json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f, indent=2)
 
 
-def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: int = 336, patch_size: int = 14) -> None:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+CLIP_PROJECTION_DIM = 32  # the tiny CLIP's joint space (E), unlike any tower width on purpose
+CLIP_TEXT_POSITIONS = 77  # CLIP's text context, as the released towers
 
-    from llava.model.checkpoint_compat import make_tower_compatible
+
+def clip_bpe_vocab() -> tuple:
+    """(vocab, merges) of a tiny CLIP BPE tokenizer: CLIP's 256 byte symbols, each also with
+    the end-of-word mark ``</w>``, a few merges, then ``<|startoftext|>`` and ``<|endoftext|>``
+    last (as in CLIP, the end token has the largest id)."""
+    # GPT-2 / CLIP byte-level BPE: printable bytes stand for themselves, the others for 256 + k
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("\xa1"), ord("\xac") + 1)) \
+        | set(range(ord("\xae"), ord("\xff") + 1))
+    symbols, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + extra))
+            extra += 1
+    vocab_list = symbols + [c + "</w>" for c in symbols]
+    merges = [("t", "h"), ("th", "e</w>"), ("i", "n"), ("a", "n"), ("o", "r"), ("e", "r</w>"), ("i", "s</w>"),
+              ("o", "n</w>"), ("w", "h"), ("a", "t</w>")]
+    vocab_list += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab_list)}, [" ".join(m) for m in merges]
+
+
+def write_clip_tokenizer(out_dir: str) -> int:
+    """CLIP's tokenizer files (vocab.json, merges.txt, tokenizer.json ...) for the tiny
+    vocabulary; returns the vocabulary size."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_bpe_vocab()
+    with open(os.path.join(out_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(out_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
+                  model_max_length=CLIP_TEXT_POSITIONS).save_pretrained(out_dir)
+    return len(vocab)
+
+
+def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: int = 336, patch_size: int = 14,
+                text_tower: bool = False) -> None:
+    """The tiny tower folder: a whole CLIPModel (``text_tower``) or a CLIPVisionModel only.
+    The vision weights are the same either way (drawn first, from the same random stream)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModel
+
+    from llava.model.checkpoint_compat import make_tower_compatible, write_config_for_transformers4
     from llava.model.multimodal_encoder.clip_encoder import image_processor_class
 
     cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size, projection_dim=hidden)
-    CLIPVisionModel(cfg).save_pretrained(out_dir)
-    make_tower_compatible(out_dir)  # vision_model.* keys, as 4.x (and the original LLaVA) expect
+                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                           projection_dim=CLIP_PROJECTION_DIM if text_tower else hidden)
+    vision = CLIPVisionModel(cfg)
+    if not text_tower:
+        vision.save_pretrained(out_dir)
+        make_tower_compatible(out_dir)  # vision_model.* keys, as 4.x (and the original LLaVA) expect
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        vocab_size = write_clip_tokenizer(out_dir)
+        with torch.random.fork_rng():  # the text side draws from its own stream: the LLaVA weights stay as before
+            torch.manual_seed(1)
+            # eos_token_id=2 as the released OpenAI configs: the pooled row is the argmax id (the end token)
+            text_cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      max_position_embeddings=CLIP_TEXT_POSITIONS, projection_dim=CLIP_PROJECTION_DIM,
+                                      bos_token_id=vocab_size - 2, eos_token_id=2, pad_token_id=1)
+            clip = CLIPModel(CLIPConfig(text_config=text_cfg.to_dict(), vision_config=cfg.to_dict(),
+                                        projection_dim=CLIP_PROJECTION_DIM))
+        clip.vision_model.load_state_dict(vision.state_dict())
+        clip.save_pretrained(out_dir)
+        write_config_for_transformers4(out_dir)  # CLIPModel keys already read vision_model.* / text_model.*
     image_processor_class()(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                        image_mean=CLIP_MEAN, image_std=CLIP_STD, do_center_crop=True, do_resize=True,
                        do_normalize=True, do_convert_rgb=True).save_pretrained(out_dir)
@@ -84,8 +150,9 @@ def write_tower(out_dir: str, hidden: int, layers: int, heads: int, image_size: 
 def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int = 4, intermediate: int | None = None,
                      vision_hidden: int = 64, vision_layers: int = 2, vision_heads: int = 4, vocab_size: int = 512,
                      arch: str = "llava-1.5", with_tower_weights: bool = False, seed: int = 0, force: bool = False,
-                     backbone: str = "llama") -> str:
-    """Write the checkpoint and return ``out_dir``; an existing complete one is kept unless ``force``."""
+                     backbone: str = "llama", text_tower: bool = False) -> str:
+    """Write the checkpoint and return ``out_dir``; an existing complete one is kept unless ``force``.
+    ``text_tower``: the tower folder is a whole CLIPModel with a CLIP tokenizer (for CDPruner)."""
     from llava.model.checkpoint_compat import make_checkpoint_compatible
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
     from llava.model.language_model.llava_mistral import LlavaMistralConfig, LlavaMistralForCausalLM
@@ -103,7 +170,7 @@ def build_tiny_llava(out_dir: str, hidden: int = 64, layers: int = 2, heads: int
     os.makedirs(out_dir)
     torch.manual_seed(seed)
     train_tokenizer(out_dir, vocab_size=vocab_size)
-    write_tower(os.path.join(out_dir, TOWER_DIR), vision_hidden, vision_layers, vision_heads)
+    write_tower(os.path.join(out_dir, TOWER_DIR), vision_hidden, vision_layers, vision_heads, text_tower=text_tower)
 
     mm = dict(mm_vision_tower=TOWER_DIR, mm_hidden_size=vision_hidden, mm_projector_type="mlp2x_gelu",
               mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_use_im_start_end=False,
@@ -155,12 +222,14 @@ def main(argv=None) -> None:
     p.add_argument("--arch", default="llava-1.5", choices=("llava-1.5", "llava-1.6"))
     p.add_argument("--backbone", default="llama", choices=("llama", "mistral"), help="language model family")
     p.add_argument("--with-tower-weights", action="store_true", help="also store the tower weights inside the checkpoint")
+    p.add_argument("--text-tower", action="store_true",
+                   help="write the tower folder as a whole CLIPModel (text tower, projections, CLIP tokenizer), for cdpruner")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     a = p.parse_args(argv)
     out = build_tiny_llava(a.out_dir, a.hidden, a.layers, a.heads, a.intermediate, a.vision_hidden, a.vision_layers,
                            a.vision_heads, a.vocab_size, a.arch, a.with_tower_weights, a.seed, a.force,
-                           a.backbone)
+                           a.backbone, a.text_tower)
     print(f"tiny LLaVA checkpoint ({a.arch}, {a.backbone}, random weights) written to {out}")
 
 

@@ -6,6 +6,9 @@ Reads one question per line from stdin; an empty line or end of input (Ctrl-D, o
 closed / piped stdin) ends the chat. The flags are LLaVA's, plus the pruning flags.
 Ctrl-C ends it too, with one line on stderr and exit code 130; bad flags and stdin that
 is not text are one-line errors (exit code 2).
+
+The flags are parsed and checked before torch and the model code are imported (inside
+:func:`chat`), so ``--help`` and a mistyped flag answer at once.
 """
 from __future__ import annotations
 
@@ -16,24 +19,30 @@ import sys
 from threading import Thread
 from typing import Optional
 
-import torch
-from transformers import TextIteratorStreamer
-
 from holov_patches.cli_args import add_pruning_args, pruning_config_from_args
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template, infer_conv_mode, user_message
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
-from llava.serve.visualize import draw_record
-from llava.utils import LlavaArgumentParser, default_device, exit_code_of, pick_device
+from llava.utils import LlavaArgumentParser, add_device_arg, exit_code_of, pick_device, quiet_known_warnings
 
 
-def build_parser() -> argparse.ArgumentParser:
+def __getattr__(name: str):
+    # PEP 562: `cli.load_pretrained_model` (a test may replace it) is imported on first use,
+    # not at startup, since it pulls in torch and transformers.
+    if name == "load_pretrained_model":
+        from llava.model.builder import load_pretrained_model
+
+        return load_pretrained_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_parser(*, probe_device: bool = True) -> argparse.ArgumentParser:
+    """The chat flags; ``probe_device=False`` (what :func:`main` uses) leaves ``--device``
+    None until after parsing instead of importing torch to ask for a GPU."""
     p = LlavaArgumentParser(description="LLaVA chat CLI (HoloV-LLaVA)")
     p.add_argument("--model-path", type=str, default="facebook/opt-350m")
     p.add_argument("--model-base", type=str, default=None)
     p.add_argument("--image-file", type=str, required=True)
-    p.add_argument("--device", type=str, default=default_device(), help="cuda (default when a GPU is usable) or cpu")
+    add_device_arg(p, probe=probe_device)
     p.add_argument("--conv-mode", type=str, default=None)
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -66,11 +75,13 @@ def check_args(args: argparse.Namespace) -> None:
     image = args.image_file
     if not image.startswith(("http://", "https://")) and not os.path.isfile(image):
         raise ValueError(f"--image-file {image} {'is a directory' if os.path.isdir(image) else 'does not exist'}")
+    # the pruning flags as a whole (a method name needs the registry, so this imports the methods)
+    pruning_config_from_args(args)
 
 
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(probe_device=False).parse_args(argv)
         check = exit_code_of(check_args, args, debug=args.debug)
         if check:
             return check
@@ -103,6 +114,15 @@ def read_question(prompt: str) -> Optional[str]:
 
 
 def chat(args: argparse.Namespace) -> int:
+    quiet_known_warnings()
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from llava.conversation import question_text
+    from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+    from llava.serve.visualize import draw_record
+
+    load_pretrained_model = sys.modules[__name__].load_pretrained_model  # through this module: a test may replace it
     device = pick_device(args.device)
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
@@ -122,6 +142,7 @@ def chat(args: argparse.Namespace) -> int:
         text = read_question(f"{roles[0]}: ")
         if text is None or not text.strip():
             break
+        asked = question_text(text)  # this turn's question: what a text-conditioned pruner (CDPruner) reads
         if first:
             text = user_message(text, mm_use_im_start_end=getattr(model.config, "mm_use_im_start_end", False))
             first = False
@@ -131,7 +152,7 @@ def chat(args: argparse.Namespace) -> int:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
         gen_kwargs = dict(inputs=input_ids, images=image_tensor, image_sizes=[image.size], do_sample=args.temperature > 0,
                           max_new_tokens=args.max_new_tokens, streamer=streamer, use_cache=True,
-                          pad_token_id=tokenizer.pad_token_id)
+                          pad_token_id=tokenizer.pad_token_id, pruning_text=asked)
         if args.temperature > 0:
             gen_kwargs["temperature"] = args.temperature
         errors = []

@@ -119,7 +119,7 @@ def visual_tokens_per_image(model) -> int:
         return 1
     n = int(tower.num_patches)
     cfg = base.get_pruning() if hasattr(base, "get_pruning") else None
-    if cfg is not None and not cfg.is_off and cfg.stage == "pre_llm":
+    if cfg is not None and not cfg.is_off and cfg.stage != "llm":
         n = min(n, cfg.resolve_keep(n))
     return max(1, n)
 

@@ -27,13 +27,13 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         return self.model
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, images=None, image_sizes=None, return_dict=None, **kwargs):
+                labels=None, use_cache=None, images=None, image_sizes=None, return_dict=None, pruning_text=None, **kwargs):
         cache = kwargs.pop("cache", None) if _CACHE_KW == "cache" else None
         cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, cache, inputs_embeds, labels) = \
                 self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask, cache,
-                                                          labels, images, image_sizes)
+                                                          labels, images, image_sizes, pruning_text=pruning_text)
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
         fastv = self.fastv_hooks
@@ -50,8 +50,12 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         return out
 
     @torch.no_grad()
-    def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, **kwargs):
-        """Like LLaVA's generate, but returns only the newly generated tokens."""
+    def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, pruning_text=None, **kwargs):
+        """Like LLaVA's generate, but returns only the newly generated tokens.
+
+        ``pruning_text``: the instruction (one str, or one per image) a text-conditioned pruning
+        method (CDPruner) scores the visual tokens against; used at the prefill only, ignored by
+        the other methods."""
         if "inputs_embeds" in kwargs:
             raise ValueError("pass input_ids (and images), not inputs_embeds, to LlavaLlamaForCausalLM.generate")
         if inputs is None:
@@ -63,7 +67,8 @@ class LlavaCausalLMMixin(LlavaMetaForCausalLM):
         decode_positions = None
         if images is not None:
             _, position_ids, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left")
+                inputs, position_ids, attention_mask, None, None, images, image_sizes=image_sizes, padding_side="left",
+                pruning_text=pruning_text)
             if position_ids is not None:  # pruned with original positions (or given by the caller)
                 # left-padded: the last column is each row's last prompt position
                 decode_positions = (position_ids, position_ids[:, -1] + 1, inputs_embeds.shape[1])

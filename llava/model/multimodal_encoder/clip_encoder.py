@@ -7,13 +7,20 @@ not run.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from holov_patches.signals import cls_attention_from_hidden
+from holov_patches.signals import attention_keys_from_hidden, cls_attention_heads_from_hidden
+
+# The pruner inputs (``holov_patches.registry.INPUTS``) this tower can compute.
+TOWER_INPUTS = ("cls_attn", "cls_attn_heads", "keys", "cls_token")
+# The inputs in CLIP's joint image-text space (CDPruner): they need CLIP's visual projection
+# and text tower, which ``CLIPVisionModel`` does not hold; :meth:`CLIPVisionTower.load_text_tower`
+# loads them from the same checkpoint, once, the first time a method asks for them.
+CLIP_SPACE_INPUTS = ("image_embeds", "text_embeds")
 
 
 def _layer_indices(select_layer: int, num_layers: int) -> Tuple[int, int]:
@@ -40,20 +47,42 @@ def run_clip_vision(vision_model: nn.Module, pixel_values: torch.Tensor, select_
     (``model``: in the tower's dtype, as the authors' eager path; ``float32``).
     Equal to the full model's ``output_hidden_states`` entry: the same modules run in the
     same order; the layers after the selected one are skipped."""
+    out = clip_vision_signals(vision_model, pixel_values, select_layer, ("cls_attn",) if with_cls_attn else (),
+                              attention_dtype)
+    return out["hidden"], out.get("cls_attn")
+
+
+def clip_vision_signals(vision_model: nn.Module, pixel_values: torch.Tensor, select_layer: int,
+                        needs: Sequence[str] = (), attention_dtype: str = "model") -> Dict[str, torch.Tensor]:
+    """hidden_states[select_layer] (``"hidden"`` [B, T, C], [CLS] first) and the pruner inputs
+    named in ``needs`` (of ``TOWER_INPUTS``), all read from the attention of the layer whose
+    output is selected, computed only when asked for:
+    ``cls_attn`` [B, T-1], ``cls_attn_heads`` [B, H, T-1], ``keys`` [B, T-1, hd] (patch keys,
+    heads averaged), ``cls_token`` [B, C] (the selected hidden state's [CLS] row)."""
+    unknown = [n for n in needs if n not in TOWER_INPUTS]
+    if unknown:
+        raise ValueError(f"the CLIP tower cannot compute pruner inputs {unknown}; it computes {list(TOWER_INPUTS)}")
     core = getattr(vision_model, "vision_model", vision_model)  # 4.x nests it, 5.x does not
     layers = core.encoder.layers
     run_layers, attn_index = _layer_indices(select_layer, len(layers))
     hidden = core.pre_layrnorm(core.embeddings(pixel_values))
     hidden_index = select_layer % (len(layers) + 1)
-    selected = hidden if hidden_index == 0 else None
-    cls_attn = None
+    out: Dict[str, torch.Tensor] = {"hidden": hidden} if hidden_index == 0 else {}
     for i, layer in enumerate(layers[:run_layers]):
-        if with_cls_attn and i == attn_index:
-            cls_attn = cls_attention_from_hidden(layer.self_attn, layer.layer_norm1(hidden), attention_dtype)
+        if i == attn_index and set(needs) & {"cls_attn", "cls_attn_heads", "keys"}:
+            normed = layer.layer_norm1(hidden)
+            if {"cls_attn", "cls_attn_heads"} & set(needs):
+                heads = cls_attention_heads_from_hidden(layer.self_attn, normed, attention_dtype)  # [B, H, T-1]
+                out.update({"cls_attn": heads.mean(dim=1)} if "cls_attn" in needs else {})
+                out.update({"cls_attn_heads": heads} if "cls_attn_heads" in needs else {})
+            if "keys" in needs:
+                out["keys"] = attention_keys_from_hidden(layer.self_attn, normed)[:, 1:]
         hidden = layer(hidden, None)
         if i + 1 == hidden_index:
-            selected = hidden
-    return selected, cls_attn
+            out["hidden"] = hidden
+    if "cls_token" in needs:
+        out["cls_token"] = out["hidden"][:, 0]
+    return out
 
 
 def image_processor_class():
@@ -67,6 +96,71 @@ def image_processor_class():
     if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
         return transformers.CLIPImageProcessorPil
     return transformers.CLIPImageProcessor
+
+
+class ClipTextSide:
+    """CLIP's visual projection, text tower and tokenizer, loaded from the tower's own checkpoint.
+
+    A plain object, not a module: the LLaVA model's ``state_dict`` / ``save_pretrained`` and
+    its ``.to(dtype)`` do not see it, so a saved LLaVA checkpoint is unchanged, and the
+    projection and text tower stay in float32 (the authors' ``visual_projection(x.float())``)."""
+
+    def __init__(self, visual_projection: nn.Linear, text_tower: nn.Module, tokenizer) -> None:
+        self.visual_projection = visual_projection
+        self.text_tower = text_tower
+        self.tokenizer = tokenizer
+
+    def to(self, device) -> "ClipTextSide":
+        self.visual_projection.to(device)
+        self.text_tower.to(device)
+        return self
+
+
+def load_clip_text_side(name: str) -> ClipTextSide:
+    """The visual projection (of ``CLIPVisionModelWithProjection``), the text tower
+    (``CLIPTextModelWithProjection``) and the CLIP tokenizer of checkpoint ``name`` (a hub id or
+    a local folder: the LLaVA config's ``mm_vision_tower``), in float32, as the authors'
+    ``load_text_tower``. A checkpoint that holds only the vision tower raises ValueError."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, PretrainedConfig
+
+    why = ("CDPruner's inputs (image_embeds, text_embeds) need CLIP's visual projection, text tower and tokenizer "
+           "from the vision tower's own checkpoint (a full CLIPModel such as openai/clip-vit-large-patch14-336)")
+    config, _ = PretrainedConfig.get_config_dict(name)
+    if config.get("model_type") != "clip" or not isinstance(config.get("text_config"), dict):
+        raise ValueError(f"the vision tower checkpoint {name!r} is a {config.get('model_type')!r} model without a text "
+                         f"tower; {why}")
+    with_projection, info = CLIPVisionModelWithProjection.from_pretrained(name, dtype=torch.float32,
+                                                                          output_loading_info=True)
+    if any(k.startswith("visual_projection") for k in info["missing_keys"]):
+        raise ValueError(f"the vision tower checkpoint {name!r} has no visual_projection weights; {why}")
+    text_tower, info = CLIPTextModelWithProjection.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"the vision tower checkpoint {name!r} lacks text tower weights {sorted(info['missing_keys'])[:4]}; "
+                         f"{why}")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"the vision tower checkpoint {name!r} has no CLIP tokenizer ({err}); {why}") from err
+    text_tower.requires_grad_(False)
+    projection = with_projection.visual_projection.requires_grad_(False)
+    del with_projection  # only the projection is kept: the tower itself is LLaVA's own
+    return ClipTextSide(projection, text_tower.eval(), tokenizer)
+
+
+def clip_text_embeds(side: ClipTextSide, text: str) -> torch.Tensor:
+    """One instruction -> [M, E] float32: its CLIP tokens (start and end tokens included, not
+    truncated) padded with id 0 / mask 0 to M whole segments of the text tower's
+    ``max_position_embeddings`` (77), each segment embedded on its own (``text_embeds``), as
+    the authors' tower ``forward``."""
+    device = side.visual_projection.weight.device
+    tokens = side.tokenizer(text=text, return_tensors="pt")
+    width = side.text_tower.config.max_position_embeddings
+    length = tokens["input_ids"].shape[1]
+    segments = (length - 1) // width + 1
+    padding = width * segments - length
+    inputs = {k: torch.cat([tokens[k], tokens[k].new_zeros((1, padding))], dim=1).reshape(-1, width).to(device)
+              for k in ("input_ids", "attention_mask")}
+    return side.text_tower(**inputs).text_embeds
 
 
 class CLIPVisionTower(nn.Module):
@@ -91,12 +185,52 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
+    def load_text_tower(self) -> ClipTextSide:
+        """CLIP's visual projection, text tower and tokenizer from this tower's checkpoint,
+        loaded on first use (see :func:`load_clip_text_side`) and kept on the tower's device."""
+        side = getattr(self, "_clip_text_side", None)
+        if side is None:
+            side = load_clip_text_side(self.vision_tower_name)
+            self._clip_text_side = side
+        if side.visual_projection.weight.device != self.device:
+            side.to(self.device)
+        return side
+
+    @torch.no_grad()
+    def image_embeds(self, features: torch.Tensor) -> torch.Tensor:
+        """The selected layer's features [B, N, C] (in the tower's dtype) -> [B, N, E] float32:
+        ``post_layernorm`` in the tower's dtype, then ``visual_projection`` on ``.float()``, as
+        the authors' tower ``forward``."""
+        core = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        normed = core.post_layernorm(features.to(device=self.device, dtype=self.dtype))
+        return self.load_text_tower().visual_projection(normed.float())
+
+    @torch.no_grad()
+    def text_embeds(self, texts: Sequence[str]) -> List[torch.Tensor]:
+        """Each instruction's CLIP text embedding [M_i, E] float32 (:func:`clip_text_embeds`);
+        a text given twice is embedded once."""
+        side = self.load_text_tower()
+        done: Dict[str, torch.Tensor] = {}
+        for text in texts:
+            if text not in done:
+                done[text] = clip_text_embeds(side, text)
+        return [done[text] for text in texts]
+
     def _features(self, pixel_values: torch.Tensor, with_cls_attn: bool,
                   attention_dtype: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         hidden, cls_attn = run_clip_vision(self.vision_tower, pixel_values.to(device=self.device, dtype=self.dtype),
                                            self.select_layer, with_cls_attn=with_cls_attn, attention_dtype=attention_dtype)
         features = hidden[:, 1:] if self.select_feature == "patch" else hidden
         return features, cls_attn
+
+    @torch.no_grad()
+    def tower_inputs(self, images: torch.Tensor, needs: Sequence[str], attention_dtype: str = "model") -> Dict[str, torch.Tensor]:
+        """For a tower-stage pruner: ``tokens`` [B, N, C] (the selected layer's patches, in the
+        tower's dtype) and the inputs it ``needs`` (see :func:`clip_vision_signals`)."""
+        out = clip_vision_signals(self.vision_tower, images.to(device=self.device, dtype=self.dtype), self.select_layer,
+                                  needs, attention_dtype)
+        out["tokens"] = out.pop("hidden")[:, 1:]
+        return out
 
     @torch.no_grad()
     def forward(self, images: Union[torch.Tensor, List[torch.Tensor]], with_cls_attn: bool = False,
