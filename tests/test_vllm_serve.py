@@ -73,16 +73,51 @@ def server(venv_python, checkpoint, tmp_path_factory):  # noqa: F811
         log.close()
 
 
+def _chat_body(image_path: str, question: str) -> dict:
+    with open(image_path, "rb") as f:
+        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    return {"model": "tiny", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": question}]}]}
+
+
+OPENAI_CLIENT = """
+import json, sys
+from openai import OpenAI
+base, body = sys.argv[1], json.loads(sys.stdin.read())
+client = OpenAI(base_url=base + "/v1", api_key="none")
+reply = client.chat.completions.create(**body)
+print(json.dumps({"prompt_tokens": reply.usage.prompt_tokens, "text": reply.choices[0].message.content}))
+"""
+
+
+def test_concurrent_requests_over_http_and_the_openai_client_agree(server, payload):  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, proc, _ = server
+    body = _chat_body(payload["images"][0], "What is shown in the picture?")
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three at once: continuous batching on the server
+        replies = list(pool.map(lambda _: http(base + "/v1/chat/completions", body, timeout=180), range(3)))
+    assert all(status == 200 for status, _ in replies), replies
+    answers = [json.loads(text) for _, text in replies]
+    assert len({a["usage"]["prompt_tokens"] for a in answers}) == 1
+    assert len({a["choices"][0]["message"]["content"] for a in answers}) == 1  # greedy: the same answer
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    client = subprocess.run([os.path.join(vllm_venv(), "bin", "python"), "-c", OPENAI_CLIENT, base],
+                            input=json.dumps(body), capture_output=True, text=True, timeout=180, env=env)
+    assert client.returncode == 0, client.stderr[-3000:]
+    via_openai = json.loads(client.stdout.strip().splitlines()[-1])
+    assert via_openai["prompt_tokens"] == answers[0]["usage"]["prompt_tokens"]
+    assert via_openai["text"] == answers[0]["choices"][0]["message"]["content"]
+    assert proc.poll() is None
+
+
 def test_chat_completion_counts_k_image_tokens_and_shuts_down_cleanly(server, payload):  # noqa: F811
     from transformers import AutoProcessor
 
     base, proc, log = server
     question = "What is shown in the picture?"
-    with open(payload["images"][0], "rb") as f:
-        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
-    body = {"model": "tiny", "max_tokens": 4, "temperature": 0,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                      {"type": "text", "text": question}]}]}
+    body = _chat_body(payload["images"][0], question)
     status, text = http(base + "/v1/chat/completions", body, timeout=120)
     assert status == 200, text
     reply = json.loads(text)
