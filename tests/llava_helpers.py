@@ -40,3 +40,21 @@ def assert_batched_generate_matches_single(model, rows, pixels, new_tokens=4):
     batch = model.generate(ids, attention_mask=mask, images=pixels, do_sample=False, max_new_tokens=new_tokens,
                            min_new_tokens=new_tokens, pad_token_id=0)
     assert torch.equal(batch, torch.cat(single, dim=0))
+
+
+def load_deep_llava(folder: str, layers: int, seed: int):
+    """(tokenizer, model, image_processor) of a tiny random LLaVA-1.5 with ``layers`` LLM
+    layers, built in ``folder`` and loaded on CPU (in-LLM pruning needs layers after K)."""
+    from llava.model.builder import load_pretrained_model
+    from llava.model.tiny import build_tiny_llava
+
+    path = build_tiny_llava(folder, layers=layers, seed=seed)
+    tok, model, proc, _ = load_pretrained_model(path, None, folder.rstrip("/").split("/")[-1], device="cpu")
+    return tok, model, proc
+
+
+def noise_pixels(proc, cfg, n: int, seed: int) -> torch.Tensor:
+    """n uniform-noise 300x200 images (seeded), preprocessed for the model."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [Image.fromarray((torch.rand(200, 300, 3, generator=gen) * 255).byte().numpy()) for _ in range(n)]
+    return process_images(images, proc, cfg)

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from holov_patches import PruningConfig
-from llava.mm_utils import process_images
-from llava_helpers import assert_batched_generate_matches_single, prompt_ids, right_padded
+from llava_helpers import assert_batched_generate_matches_single, load_deep_llava, noise_pixels, prompt_ids, right_padded
 from reference_dart_loop import reference_dart
 
 LAYERS, K, KEEP = 5, 2, 64
@@ -20,14 +18,8 @@ KEPT = 4 + 8 * (KEEP // 8)  # the released budget: 4 image pivots + 8 pivots x 8
 
 @pytest.fixture(scope="module")
 def deep(tmp_path_factory):
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("dart") / "llava-v1.5-dart"), layers=LAYERS, seed=5)
-    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.5-dart", device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    images = [Image.fromarray((torch.rand(200, 300, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
-    yield tok, model, process_images(images, proc, model.config)
+    tok, model, proc = load_deep_llava(str(tmp_path_factory.mktemp("dart") / "llava-v1.5-dart"), LAYERS, seed=5)
+    yield tok, model, noise_pixels(proc, model.config, 2, seed=1)
     model.set_pruning(None)
 
 

@@ -10,18 +10,14 @@ from PIL import Image
 
 from holov_patches import PruningConfig
 from llava.mm_utils import process_images
-from llava_helpers import prompt_ids
+from llava_helpers import load_deep_llava, prompt_ids
 
 LAYERS, K, KEEP = 5, 2, 100
 
 
 @pytest.fixture(scope="module")
 def deep(tmp_path_factory):
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("deep") / "llava-v1.5-deep"), layers=LAYERS, seed=3)
-    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.5-deep", device="cpu")
+    tok, model, proc = load_deep_llava(str(tmp_path_factory.mktemp("deep") / "llava-v1.5-deep"), LAYERS, seed=3)
     image = Image.new("RGB", (300, 200), (200, 40, 40))
     image.paste((30, 30, 220), (40, 40, 160, 150))
     return tok, model, process_images([image], proc, model.config)

@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
 from holov_patches import PruningConfig
 from holov_patches.methods import fastv as fastv_method
-from llava.mm_utils import process_images
-from llava_helpers import prompt_ids, right_padded
+from llava_helpers import load_deep_llava, noise_pixels, prompt_ids, right_padded
 
 LAYERS, K, KEEP = 5, 2, 64
 
 
 @pytest.fixture(scope="module")
 def deep(tmp_path_factory):
-    from llava.model.builder import load_pretrained_model
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(str(tmp_path_factory.mktemp("padded") / "llava-v1.5-deep"), layers=LAYERS, seed=3)
-    tok, model, proc, _ = load_pretrained_model(path, None, "llava-v1.5-deep", device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    images = [Image.fromarray((torch.rand(200, 300, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
-    yield tok, model, process_images(images, proc, model.config)
+    tok, model, proc = load_deep_llava(str(tmp_path_factory.mktemp("padded") / "llava-v1.5-deep"), LAYERS, seed=3)
+    yield tok, model, noise_pixels(proc, model.config, 2, seed=0)
     model.set_pruning(None)
 
 
